@@ -1,0 +1,23 @@
+"""Swin backbones: `build_backbone` builds the configured size with the configured weights."""
+
+from __future__ import annotations
+
+import logging
+
+from peft_bench.backbones.swin import SwinBackbone, build_swin
+from peft_bench.backbones.weights import IN22K, build_from_hub, load_weights, resolve_weights
+from peft_bench.config import BackboneConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_backbone(cfg: BackboneConfig) -> SwinBackbone:
+    """The backbone of a run: `cfg.name` built, `cfg.weights` loaded; a bad value raises `UserError`.
+
+    The weights value is checked first, so a typo fails before a model is built or a download starts.
+    """
+    source = resolve_weights(cfg.name, cfg.weights)
+    args = (cfg.name, cfg.img_size, cfg.window_size, cfg.drop_path_rate)
+    backbone = build_from_hub(*args) if source == IN22K else build_swin(*args)
+    log.info("backbone %s: %s", cfg.name, load_weights(backbone, source))
+    return backbone

@@ -1,0 +1,217 @@
+"""One Swin backbone for every method and task, built from timm's own modules.
+
+`SwinBackbone` re-registers timm's `patch_embed`, `layers` and `norm` under their timm names,
+so its state dict *is* a timm state dict (minus the classifier), and drives the stages itself.
+Driving the loop here buys three things without copying timm's Swin code:
+
+* adapter *slots* on each block (`BlockSlots`), the single place where methods insert modules;
+* a no-grad prefix: everything before the first trainable tensor runs under `torch.no_grad()`,
+  so a frozen backbone builds no autograd graph it does not need;
+* per-stage feature maps for dense heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import timm
+import torch
+from timm.models.swin_transformer import SwinTransformerBlock
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SwinSpec:
+    """Architecture of one Swin size, as timm names and builds it."""
+
+    timm_name: str
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    img_size: int = 224
+    window_size: int = 7
+    hub_tag: str | None = "ms_in22k"  # timm pretrained tag of the paper's ImageNet-22k weights
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+
+
+SWIN_SPECS: dict[str, SwinSpec] = {
+    "swin_t": SwinSpec("swin_tiny_patch4_window7_224", 96, (2, 2, 6, 2), (3, 6, 12, 24)),
+    "swin_s": SwinSpec("swin_small_patch4_window7_224", 96, (2, 2, 18, 2), (3, 6, 12, 24)),
+    "swin_b": SwinSpec("swin_base_patch4_window7_224", 128, (2, 2, 18, 2), (4, 8, 16, 32)),
+    "swin_l": SwinSpec("swin_large_patch4_window7_224", 192, (2, 2, 18, 2), (6, 12, 24, 48)),
+    # A small Swin that trains on a 2-core CPU in minutes: 2.3M parameters, 4 stages of 2 blocks
+    # (so shifted windows and Partial-1's "last block" exist), 64 px images, window 4.
+    "swin_micro": SwinSpec(
+        "swin_tiny_patch4_window7_224",
+        32,
+        (2, 2, 2, 2),
+        (1, 2, 4, 8),
+        img_size=64,
+        window_size=4,
+        hub_tag=None,
+    ),
+}
+
+
+class BlockSlots(nn.Module):
+    """The places where a method may insert a module into one Swin block.
+
+    With tokens `x` of shape (B, H, W, C), the block computes::
+
+        a = attn_out(attn(norm1(x)))                 # attn_out: sequential on the attention branch
+        x = post_attn(x + drop_path1(a))             # post_attn: on the main stream, post-residual
+        y = x + drop_path2(mlp_out(mlp(norm2(x)))) + mlp_parallel(x)
+        y = post_mlp(y)
+
+    Unset slots cost nothing. Every slot module maps (B, H, W, C) to (B, H, W, C).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn_out: nn.Module | None = None
+        self.post_attn: nn.Module | None = None
+        self.mlp_out: nn.Module | None = None
+        self.mlp_parallel: nn.Module | None = None
+        self.post_mlp: nn.Module | None = None
+
+
+def slots_of(block: SwinTransformerBlock) -> BlockSlots:
+    """The block's slots, created on first use (registered as the child `slots`)."""
+    if not hasattr(block, "slots"):
+        block.slots = BlockSlots()
+    return block.slots
+
+
+def run_block(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
+    """timm's block forward, with the method slots of `BlockSlots` applied where set."""
+    slots: BlockSlots | None = getattr(block, "slots", None)
+    if slots is None:
+        return block(x)
+    attn = block._attn(block.norm1(x))
+    if slots.attn_out is not None:
+        attn = slots.attn_out(attn)
+    x = x + block.drop_path1(attn)
+    if slots.post_attn is not None:
+        x = slots.post_attn(x)
+    mlp = block.mlp(block.norm2(x))
+    if slots.mlp_out is not None:
+        mlp = slots.mlp_out(mlp)
+    y = x + block.drop_path2(mlp)
+    if slots.mlp_parallel is not None:
+        y = y + slots.mlp_parallel(x)
+    if slots.post_mlp is not None:
+        y = slots.post_mlp(y)
+    return y
+
+
+def _has_trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+class SwinBackbone(nn.Module):
+    """A timm Swin Transformer without its classifier, with method slots and stage outputs."""
+
+    def __init__(self, name: str, spec: SwinSpec, body: nn.Module) -> None:
+        super().__init__()
+        self.name = name
+        self.spec = spec
+        self.patch_embed = body.patch_embed
+        self.layers = body.layers
+        self.norm = body.norm
+        self.num_features: int = body.num_features
+        self.stage_dims = spec.stage_dims
+        self.output_norms: nn.ModuleList | None = None
+
+    def use_output_norms(self) -> None:
+        """Switch to the dense-task layout: one LayerNorm per stage output (`output_norms.0-3`,
+        the reference backbones' norm0..norm3) in place of the final norm, whose pretrained
+        weights the last one takes. Call before a method is applied."""
+        norms = nn.ModuleList(nn.LayerNorm(dim, device=self.norm.weight.device) for dim in self.stage_dims)
+        norms[-1].load_state_dict(self.norm.state_dict())
+        self.output_norms = norms
+        del self.norm
+
+    def blocks(self) -> Iterator[tuple[str, SwinTransformerBlock]]:
+        """All transformer blocks with their timm names (`layers.S.blocks.B`), in order."""
+        for s, stage in enumerate(self.layers):
+            for b, block in enumerate(stage.blocks):
+                yield f"layers.{s}.blocks.{b}", block
+
+    def _units(self) -> list[tuple[int | None, nn.Module]]:
+        """The forward pass as an ordered list of (stage index or None, module) units."""
+        units: list[tuple[int | None, nn.Module]] = [(None, self.patch_embed)]
+        for s, stage in enumerate(self.layers):
+            units.append((s, stage.downsample))
+            units.extend((s, block) for block in stage.blocks)
+        return units
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of each stage, (B, H, W, C), before any output norm.
+
+        Units before the first one that holds a trainable tensor run without autograd.
+        """
+        units = self._units()
+        first_trainable = next((i for i, (_, m) in enumerate(units) if _has_trainable(m)), len(units))
+        outputs: list[torch.Tensor] = []
+        for i, (stage, unit) in enumerate(units):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= first_trainable):
+                x = run_block(unit, x) if isinstance(unit, SwinTransformerBlock) else unit(x)
+            is_stage_end = stage is not None and (i + 1 == len(units) or units[i + 1][0] != stage)
+            if is_stage_end:
+                outputs.append(x)
+        return outputs
+
+    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Normed stage outputs as (B, C, H, W) maps, strides 4, 8, 16, 32: the input of a neck."""
+        assert self.output_norms is not None, "call use_output_norms() first"
+        return [
+            norm(s).permute(0, 3, 1, 2).contiguous()
+            for norm, s in zip(self.output_norms, self.forward_stages(x), strict=True)
+        ]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final-normed tokens of the last stage, (B, H, W, C)."""
+        last = self.forward_stages(x)[-1]
+        with torch.set_grad_enabled(
+            torch.is_grad_enabled() and (last.requires_grad or _has_trainable(self.norm))
+        ):
+            return self.norm(last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled features, (B, num_features): the classification view."""
+        return self.forward_features(x).mean(dim=(1, 2))
+
+
+def build_swin(
+    name: str,
+    img_size: int | None = None,
+    window_size: int | None = None,
+    drop_path_rate: float = 0.0,
+    pretrained_hub: bool = False,
+) -> SwinBackbone:
+    """Build a Swin backbone by its short name (`swin_t`, ..., `swin_micro`).
+
+    `pretrained_hub` loads the paper's ImageNet-22k weights through timm's hub (needs a network
+    connection or a warm Hugging Face cache); other weight sources are loaded afterwards by
+    `peft_bench.backbones.weights`.
+    """
+    spec = SWIN_SPECS[name]
+    model_name = spec.timm_name
+    if pretrained_hub:
+        model_name = f"{model_name}.{spec.hub_tag}"
+    body = timm.create_model(
+        model_name,
+        pretrained=pretrained_hub,
+        num_classes=0,
+        embed_dim=spec.embed_dim,
+        depths=spec.depths,
+        num_heads=spec.num_heads,
+        img_size=img_size or spec.img_size,
+        window_size=window_size or spec.window_size,
+        drop_path_rate=drop_path_rate,
+    )
+    return SwinBackbone(name, spec, body)

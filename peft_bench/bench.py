@@ -1,0 +1,225 @@
+"""Speed and memory of each method's training step, in the spirit of timm's benchmark.py.
+
+    python -m peft_bench.bench --backbone swin_t --img-size 128 --batch 8
+
+All methods' models live side by side and are timed in an interleaved, rotating order, so that
+drift of the machine (other load, thermal state) hits every method alike; the table reports
+medians and ratios to Full. One CSV row per method.
+
+Peak memory: on CUDA, `torch.cuda.max_memory_allocated` over a training step. The CPU allocator
+keeps no such statistics, so on the CPU the column is the step's own account: weights, gradients
+and AdamW state of the trainable tensors, and the activations autograd saves for backward
+(`mem_source` says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from peft_bench.backbones.swin import build_swin
+from peft_bench.engine.optim import build_optimizer
+from peft_bench.methods import METHODS, build_method
+from peft_bench.results.atomic import write_text_atomic
+from peft_bench.tasks.classification import ClassificationModel
+
+COLUMNS = [
+    "method",
+    "backbone",
+    "img_size",
+    "batch",
+    "device",
+    "trainable_params",
+    "step_ms",
+    "train_img_s",
+    "infer_ms",
+    "infer_img_s",
+    "peak_mem_mb",
+    "mem_source",
+    "step_vs_full",
+    "mem_vs_full",
+    "infer_vs_full",
+]
+
+
+@dataclass
+class Candidate:
+    method: str
+    model: ClassificationModel
+    optimizer: torch.optim.Optimizer
+    step_s: list[float] = field(default_factory=list)
+    infer_s: list[float] = field(default_factory=list)
+    peak_bytes: int = 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _train_step(c: Candidate, images: torch.Tensor, targets: torch.Tensor) -> None:
+    c.model.train()
+    loss = c.model(images, targets)
+    c.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    c.optimizer.step()
+
+
+@torch.no_grad()
+def _infer(c: Candidate, images: torch.Tensor) -> None:
+    c.model.eval()
+    c.model.predict(images)
+
+
+def step_memory_account(c: Candidate, images: torch.Tensor, targets: torch.Tensor) -> int:
+    """Bytes a CPU training step holds at its peak: weights, trainable grads and AdamW moments,
+    plus the distinct activations saved for backward (parameters excluded: counted as weights)."""
+    params = list(c.model.parameters())
+    param_storages = {p.untyped_storage().data_ptr() for p in params}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in param_storages:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = c.model(images, targets)
+    loss.backward()
+    c.model.zero_grad(set_to_none=True)
+    weights = sum(p.numel() * p.element_size() for p in params)
+    trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    return weights + 3 * trainable + sum(saved.values())
+
+
+def build_candidates(
+    methods: list[str], backbone: str, img_size: int, device: torch.device
+) -> list[Candidate]:
+    candidates = []
+    for name in methods:
+        torch.manual_seed(0)
+        net = build_swin(backbone, img_size=img_size)
+        build_method(METHODS[name].config_class(name=name)).apply(net)
+        model = ClassificationModel(net, num_classes=100).to(device)
+        candidates.append(Candidate(name, model, build_optimizer(model, lr=1e-4, weight_decay=0.05)))
+    return candidates
+
+
+def measure(
+    candidates: list[Candidate], batch: int, img_size: int, repeats: int, warmup: int, device
+) -> None:
+    images = torch.randn(batch, 3, img_size, img_size, device=device)
+    targets = torch.randint(0, 100, (batch,), device=device)
+    for c in candidates:
+        for _ in range(warmup):
+            _train_step(c, images, targets)
+            _infer(c, images)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            _train_step(c, images, targets)
+            c.peak_bytes = torch.cuda.max_memory_allocated(device)
+        else:
+            c.peak_bytes = step_memory_account(c, images, targets)
+    for r in range(repeats):
+        shift = r % len(candidates)  # rotate the order: no method always runs first or last
+        for c in candidates[shift:] + candidates[:shift]:
+            c.step_s.append(_timed(lambda c=c: _train_step(c, images, targets), device))
+            c.infer_s.append(_timed(lambda c=c: _infer(c, images), device))
+
+
+def table(candidates: list[Candidate], backbone: str, img_size: int, batch: int, device) -> list[dict]:
+    rows = []
+    for c in candidates:
+        step, infer = statistics.median(c.step_s), statistics.median(c.infer_s)
+        rows.append(
+            {
+                "method": c.method,
+                "backbone": backbone,
+                "img_size": img_size,
+                "batch": batch,
+                "device": str(device),
+                "trainable_params": sum(p.numel() for p in c.model.backbone.parameters() if p.requires_grad),
+                "step_ms": round(1000 * step, 2),
+                "train_img_s": round(batch / step, 2),
+                "infer_ms": round(1000 * infer, 2),
+                "infer_img_s": round(batch / infer, 2),
+                "peak_mem_mb": round(c.peak_bytes / 2**20, 1),
+                "mem_source": "cuda_max_allocated" if device.type == "cuda" else "step_account",
+            }
+        )
+    full = next((r for r in rows if r["method"] == "full"), None)
+    for r in rows:
+        r["step_vs_full"] = round(r["step_ms"] / full["step_ms"], 3) if full else None
+        r["mem_vs_full"] = round(r["peak_mem_mb"] / full["peak_mem_mb"], 3) if full else None
+        r["infer_vs_full"] = round(r["infer_ms"] / full["infer_ms"], 3) if full else None
+    return rows
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="swin_t")
+    parser.add_argument("--img-size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--methods", default="all", help="comma-separated, or 'all'")
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps per method")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="CSV path (default results/bench/...)")
+    args = parser.parse_args(argv)
+
+    methods = sorted(METHODS) if args.methods == "all" else args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {', '.join(sorted(METHODS))}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    candidates = build_candidates(methods, args.backbone, args.img_size, device)
+    measure(candidates, args.batch, args.img_size, args.repeats, args.warmup, device)
+    rows = table(candidates, args.backbone, args.img_size, args.batch, device)
+    out = (
+        args.out
+        or Path("results/bench") / f"bench-{args.backbone}-{args.img_size}px-b{args.batch}-{device.type}.csv"
+    )
+    write_text_atomic(out, to_csv(rows))
+    print(to_markdown(rows))
+    print(f"\nwritten to {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

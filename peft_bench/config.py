@@ -1,0 +1,111 @@
+"""The structured-config schema: every key a run accepts, with its type and default.
+
+Hydra merges `conf/` over these dataclasses, so a misspelt key or a wrong type fails at start-up
+with the key named. Each method registers its own schema (a subclass of `MethodConfig`) under
+`schema/method/<name>`; the YAML file of a method names it in its defaults list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class MethodConfig:
+    """Common to every tuning method."""
+
+    name: str = MISSING
+    # Multiplies the learning rate of every parameter group of the run: the paper's "Mona lr
+    # times" (Table 6: 2x for classification, 5x for ADE20K).
+    lr_mult: float = 1.0
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "swin_micro"
+    # `in22k` (timm hub), `none` (random init), a short name of a shipped checkpoint, or a path
+    # to a local checkpoint in timm, Microsoft or OpenMMLab format.
+    weights: str = "none"
+    img_size: int | None = None  # None: the size's native resolution (224; 64 for swin_micro)
+    window_size: int | None = None  # None: the size's native window (7; 4 for swin_micro)
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    task: str = "classification"
+    root: str | None = None  # the dataset's root folder (real datasets)
+    download: bool = False  # let torchvision download into `root` (connected machines only)
+    # Model selection: `val` holds out part of the training data (or uses an official val split);
+    # `test` reproduces the reference classification runs, which select on the test list.
+    selection_split: str = "val"
+    val_fraction: float = 0.1  # held out from the training split when there is no official val
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    # The seed of the data, fixed across training seeds so that repetitions share their splits:
+    # held-out validation splits, and the embedded generator's scenes.
+    split_seed: int = 0
+    # Embedded datasets only: split sizes.
+    train_size: int | None = None
+    val_size: int | None = None
+    test_size: int | None = None
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    max_steps: int | None = None  # a cap on optimiser steps (smoke runs); None: no cap
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01  # the cosine schedule ends at lr * min_lr_ratio
+    clip_grad_norm: float | None = 5.0
+    label_smoothing: float = 0.0
+    amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on the CPU
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    eval_every: int = 1  # validate every N epochs
+    log_every: int = 1  # write a history row every N optimiser steps
+    resume: str = "auto"  # auto: continue or skip an existing run of the same id; never: new run id
+    progress: bool = True  # a tqdm progress bar
+    threads: int | None = None  # torch CPU threads; None: torch's default
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "peft_bench"
+    entity: str | None = None
+    mode: str | None = None  # online | offline | disabled; None: WANDB_MODE or wandb's default
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    results_dir: str = "results"
+
+
+@dataclass
+class Config:
+    method: MethodConfig = MISSING
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_id: str | None = None  # None: derived from the protocol (so the same command resumes)
+
+
+def register_configs() -> None:
+    """Register the schema and every method's schema with Hydra's ConfigStore."""
+    from peft_bench.methods import METHODS
+
+    store = ConfigStore.instance()
+    store.store(name="schema", node=Config)
+    for name, method in METHODS.items():
+        store.store(group="schema/method", name=name, node=method.config_class)

@@ -1,0 +1,21 @@
+"""The datasets of one run, as every task's data builder returns them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+
+@dataclass
+class TaskData:
+    """What a run trains on, selects the model on (`val`), and reports on (`test`)."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    class_names: list[str]
+    selection: str  # in words: which split selects the model, and where that split comes from
+    collate_fn: Callable | None = None

@@ -1,0 +1,450 @@
+"""Classification datasets: Flowers102, Oxford-IIIT Pet, VOC2007, an image folder and sklearn digits.
+
+Each builder returns train / val / test datasets of `(image tensor (3, S, S), int label)`; val selects
+the model. With `data.selection_split=val`, val is an official val split or a stratified hold-out of
+the training split, and never touches test data. With `test`, val *is* the test split, as in the
+reference runs, which select on their test list; train is then the official training split, whole
+where val would otherwise be held out of it.
+
+VOC2007 single-label protocol. The paper reports top-1 / top-5 accuracy on VOC2007 classification, so
+each image needs exactly one label: the class of its largest non-difficult object, by box area in
+pixels, (xmax - xmin + 1) * (ymax - ymin + 1) since VOC boxes name their first and last pixel; if
+every object of the image is difficult, the largest object. A tie goes to the object listed first.
+The 20 classes keep the standard VOC order (`VOC_CLASSES`) and the splits are the official lists
+ImageSets/Main/{train,val,test}.txt.
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import Flowers102, ImageFolder, OxfordIIITPet, VOCDetection
+
+from peft_bench.config import DataConfig
+from peft_bench.data.base import TaskData
+from peft_bench.data.scenes import DOWNSTREAM_CLASSES, SceneClassification, SceneGenerator, make_splits
+from peft_bench.data.transforms import classification_transforms, resize_transforms, tensor_transforms
+from peft_bench.errors import UserError
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+
+
+Builder = Callable[[DataConfig, int, int], TaskData]
+
+
+def build_classification_data(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
+    """Build the dataset `cfg.name`; `seed` fixes every hold-out, so a run's splits are reproducible."""
+    if cfg.name not in BUILDERS:
+        known = ", ".join(sorted(BUILDERS))
+        raise UserError(f"Unknown classification dataset {cfg.name!r} (data.name). Known datasets: {known}.")
+    if cfg.selection_split not in ("val", "test"):
+        raise UserError(f"data.selection_split must be 'val' or 'test', got {cfg.selection_split!r}.")
+    return BUILDERS[cfg.name](cfg, img_size, seed)
+
+
+def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split indices into (kept, held out), holding out `fraction` of every class, from `seed` alone.
+
+    Each class gives round(fraction * n) samples, but at least one and never all of them (a class of
+    one stays in training), so that val covers every class even on small datasets.
+    """
+    if not 0 < fraction < 1:
+        raise UserError(f"data.val_fraction must lie strictly between 0 and 1, got {fraction}.")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    held: set[int] = set()
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        count = min(max(math.floor(fraction * len(members) + 0.5), 1), len(members) - 1)
+        held.update(members[:count].tolist())
+    return [i for i in range(len(labels)) if i not in held], sorted(held)
+
+
+def voc_single_label(annotation: Path) -> int:
+    """The label of one VOC image under the single-label protocol of the module docstring."""
+    try:
+        objects = ET.parse(annotation).getroot().findall("object")
+    except (OSError, ET.ParseError) as error:
+        raise UserError(f"Cannot read the VOC annotation {annotation}: {error}.") from error
+    if not objects:
+        raise UserError(f"The VOC annotation {annotation} has no <object>, so the image has no label.")
+    candidates = [obj for obj in objects if not _is_difficult(obj)] or objects
+    name = (max(candidates, key=_box_area).findtext("name") or "").strip()
+    if name not in VOC_CLASSES:
+        raise UserError(f"The VOC annotation {annotation} names {name!r}, which is not a VOC class.")
+    return VOC_CLASSES.index(name)
+
+
+_BOX_SIDES = ("xmin", "ymin", "xmax", "ymax")
+
+
+def _is_difficult(obj: ET.Element) -> bool:
+    return (obj.findtext("difficult") or "0").strip() == "1"
+
+
+def _box_area(obj: ET.Element) -> float:
+    xmin, ymin, xmax, ymax = (float(obj.findtext(f"bndbox/{side}") or 0) for side in _BOX_SIDES)
+    return (xmax - xmin + 1) * (ymax - ymin + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw splits: (PIL image, label) samples, with the labels at hand for hold-outs and checks.
+
+
+@dataclass(frozen=True)
+class _Split:
+    samples: Dataset
+    labels: list[int]
+
+    def subset(self, indices: list[int]) -> _Split:
+        return _Split(Subset(self.samples, indices), [self.labels[i] for i in indices])
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A dataset's raw splits, before model selection and transforms."""
+
+    name: str  # as `selection` quotes it
+    class_names: list[str]
+    train: _Split
+    test: _Split
+    val: _Split | None = None  # an official val split; None: hold out part of train
+    val_origin: str = ""  # what `val` is, in words
+    augment: bool = True  # False: resize only (images too small to crop)
+
+
+class _Transformed(Dataset):
+    """A raw split with its transform; `labels` lets samplers and checks skip image decoding."""
+
+    def __init__(self, split: _Split, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.samples = split.samples
+        self.labels = split.labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.samples[index]
+        return self.transform(image), int(label)
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: list[Path], labels: list[int]) -> None:
+        self.paths = paths
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        with Image.open(self.paths[index]) as image:
+            return image.convert("RGB"), self.labels[index]
+
+
+class _GreyImages(Dataset):
+    """Grey uint8 images in memory, served as RGB PIL images like the files of the other datasets."""
+
+    def __init__(self, images: np.ndarray, labels: list[int]) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index]).convert("RGB"), self.labels[index]
+
+
+def _assemble(cfg: DataConfig, img_size: int, seed: int, source: _Source) -> TaskData:
+    """Choose the selection split per `cfg.selection_split` and attach the transforms."""
+    if source.augment:
+        train_transform = classification_transforms(img_size, train=True)
+        eval_transform = classification_transforms(img_size, train=False)
+    else:
+        train_transform = eval_transform = resize_transforms(img_size)
+    test = _Transformed(source.test, eval_transform)
+    if cfg.selection_split == "test":
+        train, val = source.train, test
+        selection = f"test: the reference protocol, which selects on the {source.name} test split"
+    else:
+        train, val_split, selection = _validation(source, cfg.val_fraction, seed)
+        val = _Transformed(val_split, eval_transform)
+    return TaskData(
+        train=_Transformed(train, train_transform),
+        val=val,
+        test=test,
+        num_classes=len(source.class_names),
+        class_names=source.class_names,
+        selection=selection,
+    )
+
+
+def _validation(source: _Source, fraction: float, seed: int) -> tuple[_Split, _Split, str]:
+    """(train, val, selection) where val never touches test data: the official val, else a hold-out."""
+    if source.val is not None:
+        return source.train, source.val, f"val: {source.val_origin}"
+    kept, held = stratified_holdout(source.train.labels, fraction, seed)
+    selection = (
+        f"val: {fraction:.0%} of the {source.name} training split held out, stratified by class (seed {seed})"
+    )
+    return source.train.subset(kept), source.train.subset(held), selection
+
+
+# ---------------------------------------------------------------------------------------------
+# Missing data: a fast check of the files each loader opens, and one paragraph on how to fix it.
+
+
+@dataclass(frozen=True)
+class _Layout:
+    required: tuple[str, ...]  # relative to the dataset folder, checked in order
+    tree: str  # the expected layout, quoted in the error
+    downloadable: bool  # torchvision can download the dataset
+
+
+FLOWERS102_LAYOUT = _Layout(
+    required=("flowers-102/jpg", "flowers-102/imagelabels.mat", "flowers-102/setid.mat"),
+    tree="<data.root>/flowers-102/ holding jpg/image_00001.jpg ... image_08189.jpg, imagelabels.mat "
+    "and setid.mat",
+    downloadable=True,
+)
+PETS_LAYOUT = _Layout(
+    required=(
+        "oxford-iiit-pet/images",
+        "oxford-iiit-pet/annotations/trainval.txt",
+        "oxford-iiit-pet/annotations/test.txt",
+    ),
+    tree="<data.root>/oxford-iiit-pet/ holding images/Abyssinian_1.jpg ..., annotations/trainval.txt, "
+    "annotations/test.txt",
+    downloadable=True,
+)
+VOC2007_LAYOUT = _Layout(
+    required=("JPEGImages", "Annotations", *(f"ImageSets/Main/{s}.txt" for s in ("train", "val", "test"))),
+    tree="<data.root>/VOCdevkit/VOC2007/ (data.root may also be VOCdevkit/ or VOC2007/ itself) holding "
+    "JPEGImages/000001.jpg ..., Annotations/000001.xml ..., ImageSets/Main/train.txt, val.txt and "
+    "test.txt (the test list and images come in the separate VOCtest_06-Nov-2007.tar)",
+    downloadable=True,
+)
+IMAGEFOLDER_LAYOUT = _Layout(
+    required=("train", "test"),
+    tree="<data.root>/train/<class>/<image>.jpg ..., <data.root>/test/<class>/... and optionally "
+    "<data.root>/val/<class>/... (without val, data.val_fraction of train is held out)",
+    downloadable=False,
+)
+
+
+def _not_found(cfg: DataConfig, problem: str, layout: _Layout) -> UserError:
+    fix = "set data.root=<the folder that holds this layout>"
+    if layout.downloadable:
+        fix += ", or data.download=true on a connected machine to let torchvision download it"
+    return UserError(f"Dataset {cfg.name!r}: {problem}. Expected layout: {layout.tree}. To fix it, {fix}.")
+
+
+def _data_root(cfg: DataConfig, layout: _Layout) -> Path:
+    if cfg.root is None:
+        raise _not_found(cfg, "data.root is not set", layout)
+    return Path(cfg.root).expanduser()
+
+
+def _first_missing(folder: Path, layout: _Layout) -> Path | None:
+    return next((folder / r for r in layout.required if not (folder / r).exists()), None)
+
+
+def _require(cfg: DataConfig, folder: Path, layout: _Layout) -> None:
+    """Fail before any loader runs, naming the first missing path (a few stat calls, no scan)."""
+    missing = _first_missing(folder, layout)
+    if missing is not None:
+        raise _not_found(cfg, f"{missing} does not exist (data.root={cfg.root})", layout)
+
+
+@contextmanager
+def _torchvision_not_found(cfg: DataConfig, layout: _Layout) -> Iterator[None]:
+    """Turn torchvision's "Dataset not found" and ImageFolder's empty folders into a UserError."""
+    try:
+        yield
+    except (RuntimeError, FileNotFoundError) as error:
+        if isinstance(error, RuntimeError) and not str(error).startswith("Dataset not found"):
+            raise
+        raise _not_found(cfg, f"torchvision could not load it from {cfg.root}: {error}", layout) from error
+
+
+# ---------------------------------------------------------------------------------------------
+# The builders.
+
+
+class _Flowers102(Flowers102):
+    """torchvision's Flowers102, checking that its files exist rather than their md5.
+
+    The md5 check rejects any re-saved copy of the two .mat files (a mirror, a test fixture) as
+    "not found or corrupted"; a truncated file still fails when scipy reads it.
+    """
+
+    def _check_integrity(self) -> bool:
+        return _first_missing(Path(self.root), FLOWERS102_LAYOUT) is None
+
+
+def _torchvision_split(dataset: Flowers102 | OxfordIIITPet) -> _Split:
+    # Both keep their 0-based labels in `_labels`: reading them avoids decoding every image.
+    return _Split(dataset, list(dataset._labels))
+
+
+def _flowers102(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
+    root = _data_root(cfg, FLOWERS102_LAYOUT)
+    if not cfg.download:
+        _require(cfg, root, FLOWERS102_LAYOUT)
+    with _torchvision_not_found(cfg, FLOWERS102_LAYOUT):
+        splits = {s: _Flowers102(root, split=s, download=cfg.download) for s in ("train", "val", "test")}
+    source = _Source(
+        name="Flowers102",
+        class_names=list(Flowers102.classes),
+        train=_torchvision_split(splits["train"]),
+        test=_torchvision_split(splits["test"]),
+        val=_torchvision_split(splits["val"]),
+        val_origin="the official Flowers102 val split",
+    )
+    return _assemble(cfg, img_size, seed, source)
+
+
+def _pets(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
+    root = _data_root(cfg, PETS_LAYOUT)
+    if not cfg.download:
+        _require(cfg, root, PETS_LAYOUT)
+    with _torchvision_not_found(cfg, PETS_LAYOUT):
+        trainval, test = (
+            OxfordIIITPet(root, split=s, target_types="category", download=cfg.download)
+            for s in ("trainval", "test")
+        )
+    source = _Source(
+        name="Oxford-IIIT Pet",
+        class_names=list(trainval.classes),
+        train=_torchvision_split(trainval),
+        test=_torchvision_split(test),
+    )
+    return _assemble(cfg, img_size, seed, source)
+
+
+def _voc2007(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
+    root = _data_root(cfg, VOC2007_LAYOUT)
+    if cfg.download and _first_missing(_voc2007_folder(root), VOC2007_LAYOUT) is not None:
+        with _torchvision_not_found(cfg, VOC2007_LAYOUT):
+            for image_set in ("trainval", "test"):  # two archives, both extracted to VOCdevkit/VOC2007
+                VOCDetection(root, year="2007", image_set=image_set, download=True)
+    folder = _voc2007_folder(root)
+    _require(cfg, folder, VOC2007_LAYOUT)
+    splits = {s: _voc2007_split(folder, s) for s in ("train", "val", "test")}
+    source = _Source(
+        name="VOC2007",
+        class_names=list(VOC_CLASSES),
+        train=splits["train"],
+        test=splits["test"],
+        val=splits["val"],
+        val_origin="the official VOC2007 val list",
+    )
+    return _assemble(cfg, img_size, seed, source)
+
+
+def _voc2007_folder(root: Path) -> Path:
+    """root/VOCdevkit/VOC2007, or root itself when it already points at VOCdevkit or VOC2007."""
+    candidates = (root / "VOCdevkit" / "VOC2007", root / "VOC2007", root)
+    return next((c for c in candidates if (c / "ImageSets").is_dir()), candidates[0])
+
+
+def _voc2007_split(folder: Path, split: str) -> _Split:
+    ids = (folder / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+    labels = [voc_single_label(folder / "Annotations" / f"{i}.xml") for i in ids]
+    return _Split(_ImageFiles([folder / "JPEGImages" / f"{i}.jpg" for i in ids], labels), labels)
+
+
+def _imagefolder(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
+    root = _data_root(cfg, IMAGEFOLDER_LAYOUT)
+    _require(cfg, root, IMAGEFOLDER_LAYOUT)
+    names = ("train", "val", "test") if (root / "val").is_dir() else ("train", "test")
+    with _torchvision_not_found(cfg, IMAGEFOLDER_LAYOUT):
+        folders = {name: ImageFolder(root / name) for name in names}
+    classes = folders["train"].classes
+    for name, folder in folders.items():
+        if folder.classes != classes:
+            differing = sorted(set(folder.classes) ^ set(classes))
+            raise UserError(
+                f"Dataset 'imagefolder': the class folders of {root / name} differ from those of "
+                f"{root / 'train'} (only in one of them: {', '.join(differing)}); train, val and test "
+                "need the same class folders so that their labels agree."
+            )
+    splits = {name: _Split(folder, list(folder.targets)) for name, folder in folders.items()}
+    source = _Source(
+        name=f"image folder {root}",
+        class_names=classes,
+        train=splits["train"],
+        test=splits["test"],
+        val=splits.get("val"),
+        val_origin=f"the folder {root / 'val'}",
+    )
+    return _assemble(cfg, img_size, seed, source)
+
+
+def _digits(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
+    """sklearn's 8x8 digits: a tiny real dataset shipped with sklearn, split 60/20/20 by class."""
+    from sklearn.datasets import load_digits  # imported here: sklearn takes a while to import
+
+    digits = load_digits()
+    labels = digits.target.tolist()
+    everything = _Split(_GreyImages(np.round(digits.images * 255 / 16).astype(np.uint8), labels), labels)
+    rest, test = stratified_holdout(labels, 0.2, seed)
+    trainval = everything.subset(rest)
+    train, val = stratified_holdout(trainval.labels, 0.25, seed)
+    source = _Source(
+        name="sklearn digits",
+        class_names=[str(n) for n in digits.target_names],
+        train=trainval.subset(train),
+        test=everything.subset(test),
+        val=trainval.subset(val),
+        val_origin=f"20% of sklearn digits (a fixed 60/20/20 split, stratified by class, seed {seed})",
+        augment=False,
+    )
+    return _assemble(cfg, img_size, seed, source)
+
+
+def _shapes(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
+    """The embedded scenes (`peft_bench.data.scenes`): the class of each scene's largest object,
+    among the ten downstream shape kinds; splits are disjoint ranges of one seeded generator."""
+    generator = SceneGenerator(DOWNSTREAM_CLASSES, img_size=img_size, seed=seed)
+    sizes = {"train": cfg.train_size or 2000, "val": cfg.val_size or 500, "test": cfg.test_size or 1000}
+    evaluation = tensor_transforms(train=False)
+    transforms = {"train": tensor_transforms(train=True), "val": evaluation, "test": evaluation}
+    splits = make_splits(SceneClassification, generator, sizes, transforms)
+    if cfg.selection_split == "test":
+        splits["val"] = splits["test"]
+        selection = "test: the generated test split (reference-protocol reproduction)"
+    else:
+        selection = f"val: {sizes['val']} generated scenes disjoint from train and test (seed {seed})"
+    return TaskData(
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        num_classes=generator.num_classes,
+        class_names=list(generator.classes),
+        selection=selection,
+    )
+
+
+BUILDERS: dict[str, Builder] = {
+    "flowers102": _flowers102,
+    "pets": _pets,
+    "voc2007": _voc2007,
+    "imagefolder": _imagefolder,
+    "digits": _digits,
+    "shapes": _shapes,
+}

@@ -1,0 +1,87 @@
+"""torchrun-aware process setup: DDP over NCCL on GPUs, gloo on the CPU."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from peft_bench.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                "trainer.device=cuda was asked for, but no CUDA device is visible. Use trainer.device=cpu."
+            )
+        return torch.device("cuda", local_rank)
+    if requested == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"Unknown trainer.device {requested!r}: use auto, cpu or cuda.")
+
+
+def init_distributed(requested_device: str) -> DistInfo:
+    """Join the process group that torchrun describes in the environment, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(requested_device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=rank, world_size=world_size, device=device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj: object, info: DistInfo) -> object:
+    """Rank 0's value of `obj` on every rank."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation sharding without padding: rank r takes indices r, r+W, r+2W, ...
+
+    `DistributedSampler` pads the last shard with repeated samples, which would count them twice
+    in a metric; metrics here sync their states across ranks instead.
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = range(rank, length, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -1,0 +1,292 @@
+"""The training loop: AdamW + warm-up cosine, AMP on CUDA, DDP, validation-based model selection,
+epoch checkpoints, exact resume, and a loss history.
+
+Resume is exact on the CPU: the data order depends only on (seed, epoch), and a checkpoint at the
+end of each epoch holds the RNG states, so a run killed mid-epoch and resumed repeats that epoch
+from the same state and ends with the same metrics as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from peft_bench.config import DataConfig, TrainerConfig
+from peft_bench.engine.checkpoint import (
+    load_checkpoint,
+    load_trainable_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    trainable_state,
+)
+from peft_bench.engine.distributed import DistInfo, ShardSampler
+from peft_bench.engine.optim import build_optimizer, build_scheduler
+from peft_bench.errors import TrainingDiverged
+from peft_bench.tasks.base import Evaluator, TaskData, TaskModel
+
+
+@dataclass
+class LoopState:
+    """Everything about the loop's progress that a checkpoint must carry."""
+
+    step: int = 0
+    epoch: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    best_step: int | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    val_history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class FitResult:
+    test_metrics: dict[str, float]
+    best: dict[str, Any]
+    history: list[dict[str, float]]
+    val_history: list[dict[str, float]]
+    steps: int
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Move tensors, and tensors nested in lists, tuples and dicts, to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def autocast_for(device: torch.device, enabled: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA where supported (fp16 otherwise); nothing on the CPU."""
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        data_cfg: DataConfig,
+        info: DistInfo,
+        checkpoint_dir: Path,
+        lr_mult: float = 1.0,
+        log: Callable[[dict[str, float], int], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.data_cfg = data_cfg
+        self.info = info
+        self.device = info.device
+        self.checkpoint_dir = checkpoint_dir
+        self.lr_mult = lr_mult
+        self.log = log or (lambda metrics, step: None)
+        self.autocast = autocast_for(self.device, cfg.amp)
+        self.state = LoopState()  # readable after a failure: the history up to that point
+
+    # ---- data -------------------------------------------------------------------------------
+    def _train_loader(self, dataset: Dataset, collate_fn: Callable | None) -> DataLoader:
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=self.info.world_size,
+            rank=self.info.rank,
+            shuffle=True,
+            seed=self.cfg.seed,
+            drop_last=True,
+        )
+        batch_size = max(1, self.data_cfg.batch_size // self.info.world_size)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.data_cfg.num_workers,
+            collate_fn=collate_fn,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=self.data_cfg.num_workers > 0,
+        )
+
+    def _eval_loader(self, dataset: Dataset, collate_fn: Callable | None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.data_cfg.eval_batch_size,
+            sampler=ShardSampler(len(dataset), self.info.rank, self.info.world_size),
+            num_workers=self.data_cfg.num_workers,
+            collate_fn=collate_fn,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    # ---- loop -------------------------------------------------------------------------------
+    def fit(self, model: TaskModel, data: TaskData, evaluator: Evaluator, main_metric: str) -> FitResult:
+        cfg = self.cfg
+        model.to(self.device)
+        train_loader = self._train_loader(data.train, data.collate_fn)
+        val_loader = self._eval_loader(data.val, data.collate_fn)
+        steps_per_epoch = len(train_loader)
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"the training split has {len(data.train)} samples, fewer than one batch of "
+                f"{self.data_cfg.batch_size}: lower data.batch_size"
+            )
+        total_steps = cfg.epochs * steps_per_epoch
+        stop_step = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
+        warmup_steps = min(total_steps - 1, round(cfg.warmup_epochs * steps_per_epoch))
+
+        optimizer = build_optimizer(model, cfg.lr * self.lr_mult, cfg.weight_decay)
+        scheduler = build_scheduler(optimizer, total_steps, max(warmup_steps, 0), cfg.min_lr_ratio)
+        use_scaler = self.device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
+        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        net: nn.Module = DistributedDataParallel(model) if self.info.distributed else model
+
+        state = self.state
+        last_path = self.checkpoint_dir / "last.pt"
+        best_path = self.checkpoint_dir / "best.pt"
+        if last_path.exists():
+            ckpt = load_checkpoint(last_path)
+            load_trainable_state(model, ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            state = self.state = LoopState(**ckpt["loop"])
+            set_rng_state(ckpt["rng"])
+
+        bar = tqdm(
+            total=stop_step,
+            initial=state.step,
+            disable=not (cfg.progress and self.info.is_main),
+            desc="train",
+            dynamic_ncols=True,
+        )
+        while state.step < stop_step:
+            train_loader.sampler.set_epoch(state.epoch)
+            net.train()
+            for images, targets in train_loader:
+                loss = self._train_step(net, optimizer, scheduler, scaler, trainable, images, targets, state)
+                state.step += 1
+                bar.update(1)
+                bar.set_postfix(epoch=state.epoch, loss=f"{loss:.4f}")
+                if state.step % cfg.log_every == 0 or state.step == stop_step:
+                    row = {
+                        "step": state.step,
+                        "epoch": state.epoch,
+                        "loss": loss,
+                        "lr": scheduler.get_last_lr()[0],
+                    }
+                    state.history.append(row)
+                    self.log({"train/loss": loss, "train/lr": row["lr"]}, state.step)
+                if state.step >= stop_step:
+                    break
+            state.epoch += 1
+            if state.epoch % cfg.eval_every == 0 or state.step >= stop_step:
+                self._validate(model, val_loader, evaluator, main_metric, state, best_path)
+            if self.info.is_main:
+                save_checkpoint(
+                    last_path,
+                    model=trainable_state(model),
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    scaler=scaler.state_dict(),
+                    loop=vars(state),
+                    rng=rng_state(),
+                )
+            self._barrier()
+        bar.close()
+
+        if best_path.exists():
+            load_trainable_state(model, torch.load(best_path, map_location=self.device, weights_only=True))
+        test_metrics = self.evaluate(model, self._eval_loader(data.test, data.collate_fn), evaluator)
+        best = {
+            "metric": main_metric,
+            "value": state.best_value,
+            "epoch": state.best_epoch,
+            "step": state.best_step,
+            "split": data.selection,
+        }
+        return FitResult(test_metrics, best, state.history, state.val_history, state.step)
+
+    def _train_step(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+        trainable: list[nn.Parameter],
+        images: Any,
+        targets: Any,
+        state: LoopState,
+    ) -> float:
+        images, targets = to_device(images, self.device), to_device(targets, self.device)
+        with self.autocast():
+            loss = net(images, targets)
+        loss_value = self._mean_over_ranks(loss.detach().float())
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"the training loss became {loss_value} at step {state.step + 1} (epoch {state.epoch}); "
+                "lower trainer.lr or set trainer.clip_grad_norm"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if self.cfg.clip_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, self.cfg.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        return loss_value
+
+    def _validate(
+        self,
+        model: TaskModel,
+        loader: DataLoader,
+        evaluator: Evaluator,
+        main_metric: str,
+        state: LoopState,
+        best_path: Path,
+    ) -> None:
+        metrics = self.evaluate(model, loader, evaluator)
+        state.val_history.append({"epoch": state.epoch, "step": state.step, **metrics})
+        self.log({f"val/{k}": v for k, v in metrics.items()}, state.step)
+        value = metrics[main_metric]
+        if state.best_value is None or value > state.best_value:
+            state.best_value, state.best_epoch, state.best_step = value, state.epoch, state.step
+            if self.info.is_main:
+                save_checkpoint(best_path, **trainable_state(model))
+        if self.info.is_main:
+            shown = " ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+            best = f"best {main_metric} {state.best_value:.2f}"
+            tqdm.write(f"epoch {state.epoch} step {state.step}: val {shown} ({best})")
+
+    @torch.no_grad()
+    def evaluate(self, model: TaskModel, loader: DataLoader, evaluator: Evaluator) -> dict[str, float]:
+        model.eval()
+        evaluator.reset()
+        for images, targets in loader:
+            with self.autocast():
+                predictions = model.predict(to_device(images, self.device))
+            evaluator.update(predictions, to_device(targets, self.device))
+        return evaluator.compute()
+
+    def _mean_over_ranks(self, value: torch.Tensor) -> float:
+        if self.info.distributed:  # gloo has no AVG: sum, then divide
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value = value / self.info.world_size
+        return value.item()
+
+    def _barrier(self) -> None:
+        if self.info.distributed:
+            dist.barrier()

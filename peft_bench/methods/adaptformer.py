@@ -1,0 +1,57 @@
+"""AdaptFormer: a scaled bottleneck parallel to each block's MLP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.models.swin_transformer import SwinTransformerBlock
+from torch import nn
+
+from peft_bench.backbones.swin import slots_of
+from peft_bench.config import MethodConfig
+from peft_bench.methods.adapter import BlockInsertion, Bottleneck
+from peft_bench.methods.base import register
+
+
+@dataclass
+class AdaptFormerConfig(MethodConfig):
+    dim: int = 64  # bottleneck width n
+    dropout: float = 0.1
+    scale: float = 0.1  # the fixed factor on the adapter's output
+
+
+class Scaled(nn.Module):
+    """`scale * body(x)` with a fixed, untrained scale."""
+
+    def __init__(self, body: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.body = body
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.body(x)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+@register("adaptformer")
+class AdaptFormer(BlockInsertion):
+    """`x = x + drop_path(mlp(norm2(x))) + scale * up(drop(gelu(down(x))))`, no inner residual.
+
+    The branch reads the post-attention stream before norm2 (slot `mlp_parallel`). GELU as
+    methods.md says (AdaptFormer's own code uses ReLU). Init as AdaptFormer's code: down keeps
+    Linear's kaiming-uniform(a=sqrt(5)) weight, its bias and the whole up projection are zero,
+    so the model equals the base model at init. Per block: 2mn + m + n.
+    """
+
+    config_class = AdaptFormerConfig
+    cfg: AdaptFormerConfig
+
+    def insert(self, block: SwinTransformerBlock) -> None:
+        branch = Bottleneck.linear(block.dim, self.cfg.dim, self.cfg.dropout)
+        nn.init.zeros_(branch.down.bias)
+        nn.init.zeros_(branch.up.weight)
+        nn.init.zeros_(branch.up.bias)
+        slots_of(block).mlp_parallel = Scaled(branch, self.cfg.scale)

@@ -1,0 +1,62 @@
+"""The contract of a tuning method, and the registry that maps `method=<name>` to it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
+
+from torch import nn
+
+from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.config import MethodConfig
+from peft_bench.errors import UserError
+
+
+class Method(ABC):
+    """Freezes, selects or inserts tensors in a backbone; knows nothing of the task.
+
+    After `apply`, exactly the parameters that the method tunes have `requires_grad=True`.
+    """
+
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def apply(self, backbone: SwinBackbone) -> None:
+        """Modify `backbone` in place for this method."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a method available as `method=<name>`."""
+
+    def add(cls: type[Method]) -> type[Method]:
+        METHODS[name] = cls
+        return cls
+
+    return add
+
+
+def build_method(cfg: MethodConfig) -> Method:
+    try:
+        cls = METHODS[cfg.name]
+    except KeyError:
+        raise UserError(
+            f"Unknown tuning method {cfg.name!r}. Known methods: {', '.join(sorted(METHODS))}. "
+            "Choose one with method=<name>."
+        ) from None
+    return cls(cfg)
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def trainable_names(module: nn.Module) -> list[str]:
+    return [name for name, p in module.named_parameters() if p.requires_grad]

@@ -1,0 +1,90 @@
+"""LoRA on the fused qkv projection: low-rank updates of q and v, mergeable for inference."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.models.swin_transformer import SwinTransformerBlock
+from torch import nn
+
+from peft_bench.config import MethodConfig
+from peft_bench.methods.adapter import BlockInsertion
+from peft_bench.methods.base import register
+
+
+@dataclass
+class LoRAConfig(MethodConfig):
+    rank: int = 64  # r
+    alpha: float = 1.0  # the update is scaled by alpha / r, as the reference code
+
+
+def _low_rank_pair(dim: int, rank: int, like: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
+    """A (r, m) kaiming-uniform(a=sqrt(5)) and B (m, r) zeros: B A is zero at init."""
+    a = nn.Parameter(torch.empty(rank, dim, device=like.device, dtype=like.dtype))
+    nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+    b = nn.Parameter(torch.zeros(dim, rank, device=like.device, dtype=like.dtype))
+    return a, b
+
+
+class LoRAQKV(nn.Linear):
+    """timm's fused qkv projection (m -> 3m, rows q, k, v) plus `scale * B A` on q and v only.
+
+    The frozen weight and bias are the original Parameter objects, so their state-dict names
+    stay `attn.qkv.weight` / `attn.qkv.bias` and pretrained checkpoints load unchanged.
+    """
+
+    def __init__(self, qkv: nn.Linear, rank: int, alpha: float) -> None:
+        # Built on the meta device: the base weight and bias are taken over, not allocated.
+        super().__init__(qkv.in_features, qkv.out_features, bias=qkv.bias is not None, device="meta")
+        self.weight = qkv.weight
+        self.bias = qkv.bias
+        self.scale = alpha / rank
+        self.a_q, self.b_q = _low_rank_pair(qkv.in_features, rank, qkv.weight)
+        self.a_v, self.b_v = _low_rank_pair(qkv.in_features, rank, qkv.weight)
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = super().forward(x)
+        if self.merged:
+            return qkv
+        q, k, v = qkv.chunk(3, dim=-1)
+        q = q + self.scale * F.linear(F.linear(x, self.a_q), self.b_q)
+        v = v + self.scale * F.linear(F.linear(x, self.a_v), self.b_v)
+        return torch.cat((q, k, v), dim=-1)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update as a (3m, m) matrix: `scale * B A` in the q and v rows, zeros for k."""
+        delta_q = self.b_q @ self.a_q
+        delta_v = self.b_v @ self.a_v
+        return self.scale * torch.cat((delta_q, torch.zeros_like(delta_q), delta_v))
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the frozen weight: forward becomes the plain linear map.
+
+        For inference: the merged weight is then what `attn.qkv.weight` holds, and further
+        training of A and B would no longer reach the output.
+        """
+        if not self.merged:
+            self.weight += self.delta_weight()
+            self.merged = True
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.a_q.shape[0]}, scale={self.scale}, merged={self.merged}"
+
+
+@register("lora")
+class LoRA(BlockInsertion):
+    """Low-rank updates of q and v in every block's `attn.qkv`; k untouched. Per block: 4rm.
+
+    Init as the reference (A kaiming-uniform, B zeros): the model equals the base model at init.
+    """
+
+    config_class = LoRAConfig
+    cfg: LoRAConfig
+
+    def insert(self, block: SwinTransformerBlock) -> None:
+        block.attn.qkv = LoRAQKV(block.attn.qkv, self.cfg.rank, self.cfg.alpha)

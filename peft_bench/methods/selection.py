@@ -1,0 +1,60 @@
+"""Methods without extra structure: they choose which backbone tensors train."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.methods.base import Method, freeze, register
+
+
+@register("full")
+class Full(Method):
+    """Every backbone tensor trains."""
+
+    def apply(self, backbone: SwinBackbone) -> None:
+        for p in backbone.parameters():
+            p.requires_grad_(True)
+
+
+@register("fixed")
+class Fixed(Method):
+    """The backbone is frozen; only the neck and head train."""
+
+    def apply(self, backbone: SwinBackbone) -> None:
+        freeze(backbone)
+
+
+@register("bitfit")
+class BitFit(Method):
+    """Every tensor whose name contains `bias`, as the reference code selects them.
+
+    That takes the qkv/proj/fc1/fc2 and LayerNorm biases, the patch-embed bias and the
+    relative-position bias tables (which the name match includes).
+    """
+
+    def apply(self, backbone: SwinBackbone) -> None:
+        for name, p in backbone.named_parameters():
+            p.requires_grad_("bias" in name)
+
+
+@register("normtuning")
+class NormTuning(Method):
+    """Every LayerNorm's weight and bias: block, patch-embed, patch-merging and output norms."""
+
+    def apply(self, backbone: SwinBackbone) -> None:
+        freeze(backbone)
+        for module in backbone.modules():
+            if isinstance(module, nn.LayerNorm):
+                for p in module.parameters():
+                    p.requires_grad_(True)
+
+
+@register("partial1")
+class Partial1(Method):
+    """Only the last block of the last stage trains (`layers.3.blocks.1` on Swin-T/S/B/L)."""
+
+    def apply(self, backbone: SwinBackbone) -> None:
+        freeze(backbone)
+        for p in backbone.layers[-1].blocks[-1].parameters():
+            p.requires_grad_(True)

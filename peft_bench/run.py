@@ -1,0 +1,177 @@
+"""One run, end to end: config -> backbone -> method -> task model -> trainer -> run record."""
+
+from __future__ import annotations
+
+import platform
+import random
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torchvision
+from omegaconf import DictConfig, OmegaConf
+
+from peft_bench.accounting import parameter_counts, trainable_manifest
+from peft_bench.backbones import build_backbone
+from peft_bench.delta import backbone_fingerprint, save_delta
+from peft_bench.engine.distributed import DistInfo, broadcast_object, init_distributed, shutdown_distributed
+from peft_bench.engine.trainer import Trainer
+from peft_bench.errors import UserError
+from peft_bench.loggers import make_logger
+from peft_bench.methods import build_method
+from peft_bench.results.atomic import write_json_atomic, write_text_atomic
+from peft_bench.results.protocol import protocol_hash, run_id_for
+from peft_bench.results.store import read_record, run_dir, write_history, write_record
+from peft_bench.tasks import build_task
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+    }
+
+
+def device_name(info: DistInfo) -> str:
+    if info.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(info.device)} x{info.world_size}"
+    return f"cpu ({torch.get_num_threads()} threads) x{info.world_size}"
+
+
+def resolve_run_id(cfg: DictConfig, info: DistInfo) -> str:
+    """The protocol-derived id; with `trainer.resume=never`, a fresh id stamped with the time."""
+    run_id = run_id_for(cfg)
+    if cfg.trainer.resume == "never":
+        run_id = f"{run_id}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
+    elif cfg.trainer.resume != "auto":
+        raise UserError(f"Unknown trainer.resume {cfg.trainer.resume!r}: use auto or never.")
+    return broadcast_object(run_id, info)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one configuration; return its run record."""
+    info = init_distributed(cfg.trainer.device)
+    try:
+        return _run(cfg, info)
+    finally:
+        shutdown_distributed()
+
+
+def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    run_id = resolve_run_id(cfg, info)
+    directory = run_dir(cfg.paths.results_dir, run_id)
+    existing = read_record(directory)
+    if existing and existing.get("status") == "completed":
+        if info.is_main:
+            print(f"run {run_id} is already completed: {directory} (trainer.resume=never starts a new one)")
+        return existing
+
+    started = time.time()
+    seed_everything(cfg.trainer.seed)
+    task = build_task(cfg.data.task)
+    data = task.build_data(cfg)  # first: a missing dataset fails before any model is built
+    backbone = build_backbone(cfg.backbone)
+    if task.dense:
+        backbone.use_output_norms()
+    fingerprint = backbone_fingerprint(backbone)  # of the base weights, before any tuning
+    build_method(cfg.method).apply(backbone)
+    model = task.build_model(backbone, data, cfg)
+
+    record: dict[str, Any] = {
+        "run_id": run_id,
+        "status": "running",
+        "method": cfg.method.name,
+        "dataset": cfg.data.name,
+        "task": cfg.data.task,
+        "backbone": cfg.backbone.name,
+        "seed": cfg.trainer.seed,
+        "metrics": {},
+        "best": {},
+        "params": parameter_counts(model),
+        "protocol_hash": protocol_hash(cfg),
+        "base_fingerprint": fingerprint,
+        "git_sha": git_sha(),
+        "versions": versions(),
+        "device": device_name(info),
+        "wall_s": None,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if info.is_main:
+        write_text_atomic(directory / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_json_atomic(directory / "manifest.json", trainable_manifest(model))
+        write_record(directory, record)
+        print(
+            f"run {run_id}: {cfg.method.name} on {cfg.data.name} with {cfg.backbone.name}; "
+            f"{record['params']['backbone_trainable']:,} trainable backbone parameters "
+            f"({record['params']['trainable_percent']:.2f}%); model selection on {data.selection}"
+        )
+    logger = make_logger(cfg.logger, run_id, resolved, str(cfg.paths.results_dir)) if info.is_main else None
+    trainer = Trainer(
+        cfg.trainer,
+        cfg.data,
+        info,
+        directory / "checkpoints",
+        lr_mult=cfg.method.lr_mult,
+        log=logger.log if logger else None,
+    )
+    try:
+        result = trainer.fit(model, data, task.build_evaluator(data, info.device), task.main_metric)
+    except Exception as error:
+        record.update(status="failed", error=f"{type(error).__name__}: {error}", wall_s=time.time() - started)
+        if info.is_main:
+            write_history(directory, trainer.state.history)
+            write_record(directory, record)
+            if logger:
+                logger.finish({"status": "failed"})
+        raise
+    record.update(
+        status="completed",
+        metrics=result.test_metrics,
+        best=result.best,
+        val_history=result.val_history,
+        steps=result.steps,
+        wall_s=time.time() - started,
+    )
+    if info.is_main:
+        write_history(directory, result.history)
+        # The selected (best) model, as a delta on the base backbone.
+        save_delta(
+            directory / "model.safetensors", model, fingerprint, {"run_id": run_id, "config": resolved}
+        )
+        write_record(directory, record)
+        if logger:
+            logger.finish({f"test/{k}": v for k, v in result.test_metrics.items()})
+        shown = " ".join(f"{k} {v:.2f}" for k, v in result.test_metrics.items())
+        print(f"run {run_id} completed: test {shown}; record in {directory}", file=sys.stdout)
+    return record

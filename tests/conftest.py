@@ -1,0 +1,38 @@
+"""Shared test helpers. The Hugging Face hub is offline in every test: nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+REPO = Path(__file__).resolve().parents[1]
+
+# A seconds-long embedded run: 256 training scenes, 2 epochs, no progress bar.
+SMOKE = ["experiment=smoke", "trainer.threads=1"]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def run_cli(*overrides: str, results_dir: Path, module: str = "peft_bench", timeout: int = 600):
+    """Run `python -m <module> <overrides>` writing into `results_dir`; return the process."""
+    command = [sys.executable, "-m", module, f"paths.results_dir={results_dir}", *overrides]
+    return subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def records(results_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((results_dir / "runs").glob("*/metrics.json"))]
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    return tmp_path / "results"

@@ -1,0 +1,207 @@
+"""The five methods that insert modules: counts, what trains, and each method's defining math."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peft_bench.backbones.swin import SwinBackbone, build_swin, run_block, slots_of
+from peft_bench.methods import METHODS
+from peft_bench.methods.lora import LoRAQKV
+from peft_bench.methods.mona import KERNEL_SIZES, MonaModule
+
+INSERTING = ("adapter", "lora", "adaptformer", "lorand", "mona")
+N = 64  # bottleneck n, and LoRA's rank r
+ALPHA, BETA = 2, 8  # LoRand's branches and kernel size
+
+# Trainable tensors per block of width m, written from methods.md's formulas.
+PER_BLOCK = {
+    "adapter": lambda m: 2 * (2 * m * N + m + N),
+    "lora": lambda m: 4 * N * m,
+    "adaptformer": lambda m: 2 * m * N + m + N,
+    "lorand": lambda m: 2 * (2 * ALPHA * BETA * (m + N) + ALPHA * BETA**2 + m + N),
+    "mona": lambda m: 2 * ((2 * N + 5) * m + N**2 + 88 * N),
+}
+# embed dim (stage s has embed * 2**s channels) and depths of each size.
+ARCHS = {"swin_t": (96, (2, 2, 6, 2)), "swin_b": (128, (2, 2, 18, 2)), "swin_l": (192, (2, 2, 18, 2))}
+# methods.md's reference column for Swin-B; LoRand's from its formula.
+SWIN_B_REFERENCE = {
+    "adapter": 3_107_328,
+    "lora": 3_080_192,
+    "adaptformer": 1_553_664,
+    "lorand": 901_632,
+    "mona": 3_667_456,
+}
+
+
+def formula_count(method: str, size: str) -> int:
+    embed, depths = ARCHS[size]
+    return sum(depth * PER_BLOCK[method](embed * 2**s) for s, depth in enumerate(depths))
+
+
+def applied(backbone: SwinBackbone, name: str, **fields) -> SwinBackbone:
+    method = METHODS[name]
+    method(method.config_class(name=name, **fields)).apply(backbone)
+    return backbone
+
+
+def trainable_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@pytest.fixture(scope="module")
+def big_backbones() -> dict[str, SwinBackbone]:
+    """Swin-T/B/L on the meta device: the counts depend on shapes only, and it builds in no time."""
+    with torch.device("meta"):
+        return {size: build_swin(size) for size in ARCHS}
+
+
+def test_swin_b_formulas_give_the_reference_counts() -> None:
+    assert {name: formula_count(name, "swin_b") for name in INSERTING} == SWIN_B_REFERENCE
+
+
+@pytest.mark.parametrize("size", list(ARCHS))
+@pytest.mark.parametrize("name", INSERTING)
+def test_trainable_counts(big_backbones: dict[str, SwinBackbone], name: str, size: str) -> None:
+    backbone = applied(copy.deepcopy(big_backbones[size]), name)
+    assert trainable_count(backbone) == formula_count(name, size)
+    if size == "swin_b":
+        assert trainable_count(backbone) == SWIN_B_REFERENCE[name]
+
+
+def micro() -> SwinBackbone:
+    torch.manual_seed(0)
+    return build_swin("swin_micro")
+
+
+def images(batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name", INSERTING)
+def test_only_the_method_tensors_train(name: str) -> None:
+    backbone = micro()
+    base_names = {n for n, _ in backbone.named_parameters()}
+    applied(backbone, name)
+    params = dict(backbone.named_parameters())
+    new = {n for n in params if n not in base_names}
+    assert new and {n for n, p in params.items() if p.requires_grad} == new
+
+    before = {n: p.detach().clone() for n, p in params.items()}
+    optimizer = torch.optim.AdamW([p for p in params.values() if p.requires_grad], lr=1e-2)
+    # Two steps: zero-initialised up projections (AdaptFormer, LoRA's B) pass no gradient to the
+    # down side until one step has made them non-zero.
+    for step in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        backbone(images()).square().mean().backward()
+        if step == 0:
+            assert all((p.grad is not None) == (n in new) for n, p in params.items())
+        optimizer.step()
+    for n, p in params.items():
+        assert torch.equal(p, before[n]) == (n not in new), n
+
+
+def test_lora_equals_the_base_at_init_and_merges() -> None:
+    backbone = micro()
+    base = copy.deepcopy(backbone).eval()
+    applied(backbone, "lora").eval()
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), base(x))
+        qkvs = [m for m in backbone.modules() if isinstance(m, LoRAQKV)]
+        assert len(qkvs) == 8
+        for qkv in qkvs:
+            qkv.b_q.normal_()
+            qkv.b_v.normal_()
+        unmerged = backbone(x)
+        assert not torch.allclose(unmerged, base(x), atol=1e-3)
+        for qkv in qkvs:
+            qkv.merge()
+        torch.testing.assert_close(backbone(x), unmerged, rtol=1e-4, atol=1e-4)
+    assert "layers.0.blocks.0.attn.qkv.weight" in backbone.state_dict()
+
+
+def test_adaptformer_block_output() -> None:
+    backbone = applied(micro(), "adaptformer", scale=0.3).eval()
+    block = backbone.layers[0].blocks[1]  # a shifted-window block
+    branch = slots_of(block).mlp_parallel.body
+    nn.init.normal_(branch.up.weight, std=0.1)  # the zero-initialised up projection hides the branch
+    x = torch.randn(2, 16, 16, block.dim)
+    with torch.no_grad():
+        post_attn = x + block._attn(block.norm1(x))
+        parallel = branch.up(F.gelu(branch.down(post_attn)))
+        expected = post_attn + block.mlp(block.norm2(post_attn)) + 0.3 * parallel
+        torch.testing.assert_close(run_block(block, x), expected)
+    assert parallel.abs().max() > 1e-3
+
+
+def test_lorand_shares_kernels_and_counts() -> None:
+    backbone = applied(micro(), "lorand")
+    block = backbone.layers[1].blocks[0]
+    adapter = slots_of(block).attn_out.body
+    assert adapter.down.kernel is adapter.up.kernel
+    assert adapter.down.kernel.shape == (ALPHA, BETA, BETA)
+    m = block.dim
+    assert trainable_count(adapter) == 2 * ALPHA * BETA * (m + N) + ALPHA * BETA**2 + m + N
+
+
+def reference_mona(module: MonaModule, x: torch.Tensor) -> torch.Tensor:
+    """methods.md's Mona written out op by op, with three separate depthwise convs."""
+    b = module.bottleneck
+    z = F.layer_norm(x, x.shape[-1:], module.norm.weight, module.norm.bias) * module.gamma + x * module.gammax
+    u = F.linear(z, b.down.weight, b.down.bias).permute(0, 3, 1, 2)
+    convs = [
+        F.conv2d(u, conv.weight, conv.bias, padding=k // 2, groups=u.shape[1])
+        for conv, k in zip(b.mid.depthwise, KERNEL_SIZES, strict=True)
+    ]
+    u = u + (convs[0] + convs[1] + convs[2]) / 3
+    u = u + F.conv2d(u, b.mid.pointwise.weight, b.mid.pointwise.bias)
+    h = F.gelu(u.permute(0, 2, 3, 1))
+    return x + F.linear(h, b.up.weight, b.up.bias)
+
+
+def random_mona(merged: bool) -> MonaModule:
+    torch.manual_seed(0)
+    module = MonaModule(48, 16, dropout=0.1, scalar_scales=False, merged_conv=merged).eval()
+    with torch.no_grad():  # gamma's 1e-6 init would hide the LayerNorm path
+        module.gamma.normal_()
+    return module
+
+
+@pytest.mark.parametrize("merged", [True, False])
+def test_mona_matches_a_plain_recomputation(merged: bool) -> None:
+    backbone = applied(micro(), "mona", merged_conv=merged).eval()
+    module = slots_of(backbone.layers[0].blocks[0]).post_attn
+    with torch.no_grad():
+        module.gamma.normal_()
+    x = torch.randn(2, 16, 16, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), reference_mona(module, x))
+
+
+def test_mona_merged_conv_agrees_with_three_convs() -> None:
+    merged, separate = random_mona(merged=True), random_mona(merged=False)
+    x = torch.randn(2, 7, 9, 48)
+    out_merged, out_separate = merged(x), separate(x)
+    torch.testing.assert_close(out_merged, out_separate)
+    weights = torch.randn_like(out_merged)
+    (out_merged * weights).sum().backward()
+    (out_separate * weights).sum().backward()
+    pairs = zip(merged.bottleneck.mid.depthwise, separate.bottleneck.mid.depthwise, strict=True)
+    for conv_merged, conv_separate in pairs:
+        torch.testing.assert_close(conv_merged.weight.grad, conv_separate.weight.grad)
+        torch.testing.assert_close(conv_merged.bias.grad, conv_separate.bias.grad)
+
+
+def test_mona_scalar_scales_count() -> None:
+    vectors = trainable_count(applied(micro(), "mona"))
+    scalars = trainable_count(applied(micro(), "mona", scalar_scales=True))
+    # Per module, gamma and gammax shrink from 2m tensors to 2 scalars; two modules per block.
+    embed, depths = 32, (2, 2, 2, 2)
+    assert vectors - scalars == sum(d * 2 * (2 * embed * 2**s - 2) for s, d in enumerate(depths))
