@@ -32,6 +32,9 @@ class BackboneConfig:
     img_size: int | None = None  # None: the size's native resolution (224; 64 for swin_micro)
     window_size: int | None = None  # None: the size's native window (7; 4 for swin_micro)
     drop_path_rate: float = 0.0
+    # As mmdet's Swin: >= 0 freezes the patch embedding, N >= 1 also stages 0..N-1 (and their
+    # output norms), whatever the method. The reference VOC detection config uses 1.
+    frozen_stages: int = -1
 
 
 @dataclass
@@ -50,16 +53,38 @@ class DataConfig:
     # The seed of the data, fixed across training seeds so that repetitions share their splits:
     # held-out validation splits, and the embedded generator's scenes.
     split_seed: int = 0
-    # Embedded datasets only: split sizes.
+    # Embedded datasets only: the side of generated images (None: the backbone's img_size), and
+    # split sizes.
+    image_size: int | None = None
     train_size: int | None = None
     val_size: int | None = None
     test_size: int | None = None
 
 
 @dataclass
+class HeadConfig:
+    """The neck and head of the task model. Each dataset config picks the head of its task; the
+    fields a head does not use are ignored by it."""
+
+    name: str = "linear"  # linear | retinanet | mask_rcnn | cascade_mask_rcnn | upernet
+    fpn_channels: int = 256  # FPN width (detection, instance segmentation)
+    anchor_sizes: list[int] | None = None  # RetinaNet base anchor size per level; None: torchvision's
+    # Detection / instance segmentation images: the shorter side is resized to min_size (a random
+    # choice among several in training, as multi-scale training), the longer capped at max_size.
+    min_size: list[int] = field(default_factory=lambda: [800])
+    max_size: int = 1333
+    channels: int = 512  # UperNet's channels
+    aux_weight: float = 0.4  # UperNet's auxiliary FCN head (on stage 3) loss weight
+    inference: str = "whole"  # semantic segmentation: whole | slide
+    slide_crop: int = 512  # sliding-window inference: window side and stride
+    slide_stride: int = 341
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 10
-    max_steps: int | None = None  # a cap on optimiser steps (smoke runs); None: no cap
+    iterations: int | None = None  # train by iterations instead of epochs (ADE20K: 160k)
+    max_steps: int | None = None  # a cap on optimiser steps (smoke runs): the schedule is unchanged
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
@@ -95,6 +120,7 @@ class Config:
     method: MethodConfig = MISSING
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

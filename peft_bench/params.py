@@ -17,7 +17,6 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from peft_bench.accounting import parameter_counts
 from peft_bench.config import register_configs
@@ -36,7 +35,8 @@ def count(cfg: DictConfig) -> dict[str, Any]:
         if build_task(cfg.data.task).dense:
             backbone.use_output_norms()
         build_method(cfg.method).apply(backbone)
-    counts = parameter_counts(nn.ModuleDict({"backbone": backbone}))
+        backbone.freeze_stages(cfg.backbone.frozen_stages)
+    counts = parameter_counts(backbone, backbone)
     options = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k != "name"}
     return {
         "method": cfg.method.name,

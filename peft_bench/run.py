@@ -100,11 +100,12 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     seed_everything(cfg.trainer.seed)
     task = build_task(cfg.data.task)
     data = task.build_data(cfg)  # first: a missing dataset fails before any model is built
-    backbone = build_backbone(cfg.backbone)
+    backbone = build_backbone(cfg.backbone, dynamic_size=task.dense)
     if task.dense:
         backbone.use_output_norms()
     fingerprint = backbone_fingerprint(backbone)  # of the base weights, before any tuning
     build_method(cfg.method).apply(backbone)
+    backbone.freeze_stages(cfg.backbone.frozen_stages)
     model = task.build_model(backbone, data, cfg)
 
     record: dict[str, Any] = {
@@ -117,7 +118,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         "seed": cfg.trainer.seed,
         "metrics": {},
         "best": {},
-        "params": parameter_counts(model),
+        "params": parameter_counts(model, model.backbone),
         "protocol_hash": protocol_hash(cfg),
         "base_fingerprint": fingerprint,
         "git_sha": git_sha(),
@@ -129,7 +130,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if info.is_main:
         write_text_atomic(directory / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        write_json_atomic(directory / "manifest.json", trainable_manifest(model))
+        write_json_atomic(directory / "manifest.json", trainable_manifest(model, model.backbone, model.neck))
         write_record(directory, record)
         print(
             f"run {run_id}: {cfg.method.name} on {cfg.data.name} with {cfg.backbone.name}; "

@@ -11,13 +11,17 @@ from peft_bench.config import BackboneConfig
 log = logging.getLogger(__name__)
 
 
-def build_backbone(cfg: BackboneConfig) -> SwinBackbone:
+def build_backbone(cfg: BackboneConfig, dynamic_size: bool = False) -> SwinBackbone:
     """The backbone of a run: `cfg.name` built, `cfg.weights` loaded; a bad value raises `UserError`.
 
     The weights value is checked first, so a typo fails before a model is built or a download starts.
+    `dynamic_size` accepts inputs of any size (dense tasks).
     """
     source = resolve_weights(cfg.name, cfg.weights)
     args = (cfg.name, cfg.img_size, cfg.window_size, cfg.drop_path_rate)
-    backbone = build_from_hub(*args) if source == IN22K else build_swin(*args)
+    if source == IN22K:
+        backbone = build_from_hub(*args, dynamic_size)
+    else:
+        backbone = build_swin(*args, dynamic_size=dynamic_size)
     log.info("backbone %s: %s", cfg.name, load_weights(backbone, source))
     return backbone

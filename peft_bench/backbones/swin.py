@@ -135,6 +135,20 @@ class SwinBackbone(nn.Module):
         self.output_norms = norms
         del self.norm
 
+    def freeze_stages(self, frozen_stages: int) -> None:
+        """Freeze as mmdet's Swin `frozen_stages` does, after a method was applied: >= 0 the patch
+        embedding; N >= 1 also its stages 0..N-1, each with the patch merging that ends it in
+        mmdet's layout (the one that starts the next stage in timm's) and its output norm."""
+        frozen: list[nn.Module] = [self.patch_embed] if frozen_stages >= 0 else []
+        for s in range(max(0, frozen_stages)):
+            frozen.append(self.layers[s].blocks)
+            if s + 1 < len(self.layers):
+                frozen.append(self.layers[s + 1].downsample)
+            if self.output_norms is not None:
+                frozen.append(self.output_norms[s])
+        for module in frozen:
+            module.requires_grad_(False)
+
     def blocks(self) -> Iterator[tuple[str, SwinTransformerBlock]]:
         """All transformer blocks with their timm names (`layers.S.blocks.B`), in order."""
         for s, stage in enumerate(self.layers):
@@ -192,12 +206,14 @@ def build_swin(
     window_size: int | None = None,
     drop_path_rate: float = 0.0,
     pretrained_hub: bool = False,
+    dynamic_size: bool = False,
 ) -> SwinBackbone:
     """Build a Swin backbone by its short name (`swin_t`, ..., `swin_micro`).
 
     `pretrained_hub` loads the paper's ImageNet-22k weights through timm's hub (needs a network
     connection or a warm Hugging Face cache); other weight sources are loaded afterwards by
-    `peft_bench.backbones.weights`.
+    `peft_bench.backbones.weights`. `dynamic_size` accepts any input size (dense tasks), at the
+    cost of computing the shifted-window mask for each input.
     """
     spec = SWIN_SPECS[name]
     model_name = spec.timm_name
@@ -213,5 +229,6 @@ def build_swin(
         img_size=img_size or spec.img_size,
         window_size=window_size or spec.window_size,
         drop_path_rate=drop_path_rate,
+        strict_img_size=not dynamic_size,
     )
     return SwinBackbone(name, spec, body)

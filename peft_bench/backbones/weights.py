@@ -72,11 +72,11 @@ def _shipped_names() -> str:
 
 
 def build_from_hub(
-    name: str, img_size: int | None, window_size: int | None, drop_path_rate: float
+    name: str, img_size: int | None, window_size: int | None, drop_path_rate: float, dynamic_size: bool
 ) -> SwinBackbone:
     """`build_swin` with the paper's ImageNet-22k weights; says how to fix a hub failure."""
     try:
-        return build_swin(name, img_size, window_size, drop_path_rate, pretrained_hub=True)
+        return build_swin(name, img_size, window_size, drop_path_rate, True, dynamic_size)
     except Exception as e:  # offline, a cold cache, an HTTP error: all have the same fixes
         spec = SWIN_SPECS[name]
         raise UserError(

@@ -142,7 +142,7 @@ class Trainer:
                 f"the training split has {len(data.train)} samples, fewer than one batch of "
                 f"{self.data_cfg.batch_size}: lower data.batch_size"
             )
-        total_steps = cfg.epochs * steps_per_epoch
+        total_steps = cfg.iterations or cfg.epochs * steps_per_epoch
         stop_step = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
         warmup_steps = min(total_steps - 1, round(cfg.warmup_epochs * steps_per_epoch))
 

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
 
+import torch
+from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
 from peft_bench.backbones.swin import SwinBackbone
@@ -58,5 +60,16 @@ def freeze(module: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-def trainable_names(module: nn.Module) -> list[str]:
-    return [name for name, p in module.named_parameters() if p.requires_grad]
+class BlockInsertion(Method):
+    """A method that freezes the backbone, then adds trainable modules to every block."""
+
+    def apply(self, backbone: SwinBackbone) -> None:
+        freeze(backbone)
+        for _, block in backbone.blocks():
+            # New modules are created where the block lives, so `apply` also works after `.to()`.
+            with torch.device(next(block.parameters()).device):
+                self.insert(block)
+
+    @abstractmethod
+    def insert(self, block: SwinTransformerBlock) -> None:
+        """Add this method's modules to one frozen block, sized by its width `block.dim`."""

@@ -11,8 +11,7 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
 from peft_bench.config import MethodConfig
-from peft_bench.methods.adapter import BlockInsertion
-from peft_bench.methods.base import register
+from peft_bench.methods.base import BlockInsertion, register
 
 
 @dataclass

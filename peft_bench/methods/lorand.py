@@ -12,8 +12,8 @@ from torch import nn
 
 from peft_bench.backbones.swin import slots_of
 from peft_bench.config import MethodConfig
-from peft_bench.methods.adapter import BlockInsertion, Bottleneck, Residual
-from peft_bench.methods.base import register
+from peft_bench.methods.base import BlockInsertion, register
+from peft_bench.methods.layers import Bottleneck, Residual
 
 
 @dataclass

@@ -11,8 +11,8 @@ from torch import nn
 
 from peft_bench.backbones.swin import slots_of
 from peft_bench.config import MethodConfig
-from peft_bench.methods.adapter import BlockInsertion, Bottleneck, trunc_normal_linears
-from peft_bench.methods.base import register
+from peft_bench.methods.base import BlockInsertion, register
+from peft_bench.methods.layers import Bottleneck, trunc_normal_linears
 
 KERNEL_SIZES = (3, 5, 7)
 

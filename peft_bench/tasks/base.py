@@ -18,9 +18,14 @@ from peft_bench.data.base import TaskData
 
 
 class TaskModel(nn.Module):
-    """Backbone plus neck and head. `forward` returns the training loss (so DDP sees it)."""
+    """Backbone plus neck and head. `forward` returns the training loss (so DDP sees it).
+
+    `backbone` is the Swin and `neck` the module between it and the head (None if there is none):
+    they group the parameters as the paper counts them.
+    """
 
     backbone: SwinBackbone
+    neck: nn.Module | None = None
 
     @abstractmethod
     def forward(self, images: Any, targets: Any) -> torch.Tensor: ...
