@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from peft_bench.config import register_configs
@@ -19,12 +21,11 @@ def main(cfg: DictConfig) -> None:
 
     try:
         run(cfg)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingDiverged as error:
-        print(f"run failed: {error}", file=sys.stderr)
-        sys.exit(1)
+    except (UserError, TrainingDiverged) as error:
+        print(f"error: {error}" if isinstance(error, UserError) else f"run failed: {error}", file=sys.stderr)
+        # In a sweep, one failed cell (recorded as such) must not stop the others.
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            sys.exit(2 if isinstance(error, UserError) else 1)
 
 
 if __name__ == "__main__":

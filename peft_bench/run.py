@@ -143,8 +143,9 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         cfg.data,
         info,
         directory / "checkpoints",
-        lr_mult=cfg.method.lr_mult,
+        lr_mult=cfg.method.lr_mult * cfg.trainer.method_lr_mult.get(cfg.method.name, 1.0),
         log=logger.log if logger else None,
+        on_epoch_end=lambda state: write_history(directory, state.history),
     )
     try:
         result = trainer.fit(model, data, task.build_evaluator(data, info.device), task.main_metric)

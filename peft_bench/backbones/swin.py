@@ -136,16 +136,15 @@ class SwinBackbone(nn.Module):
         del self.norm
 
     def freeze_stages(self, frozen_stages: int) -> None:
-        """Freeze as mmdet's Swin `frozen_stages` does, after a method was applied: >= 0 the patch
-        embedding; N >= 1 also its stages 0..N-1, each with the patch merging that ends it in
-        mmdet's layout (the one that starts the next stage in timm's) and its output norm."""
+        """Freeze as `frozen_stages` of the Swin detection code the paper builds on (Microsoft's
+        Swin-Transformer-Object-Detection), after a method was applied: >= 0 (and 1) freezes the
+        patch embedding; N >= 2 also stages 0..N-2, each with the patch merging that ends it in
+        that layout (the one that starts the next stage in timm's)."""
         frozen: list[nn.Module] = [self.patch_embed] if frozen_stages >= 0 else []
-        for s in range(max(0, frozen_stages)):
+        for s in range(max(0, frozen_stages - 1)):
             frozen.append(self.layers[s].blocks)
             if s + 1 < len(self.layers):
                 frozen.append(self.layers[s + 1].downsample)
-            if self.output_norms is not None:
-                frozen.append(self.output_norms[s])
         for module in frozen:
             module.requires_grad_(False)
 

@@ -29,8 +29,11 @@ from peft_bench.errors import UserError
 IN22K, NONE = "in22k", "none"
 TIMM, MICROSOFT, OPENMMLAB = "timm", "Microsoft", "OpenMMLab"
 
-# Short names of checkpoints shipped with the package: `backbone.weights=<name>`.
-SHIPPED_WEIGHTS: dict[str, Path] = {}
+# Short names of checkpoints shipped with the package: `backbone.weights=<name>`. `mini` is
+# swin_micro pretrained offline on the embedded upstream task (`python -m peft_bench.pretrain`;
+# its sidecar JSON holds the command, the config, the upstream metrics and the SHA-256).
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+SHIPPED_WEIGHTS: dict[str, Path] = {"mini": PRETRAINED_DIR / "swin_micro-shapes_upstream.safetensors"}
 
 # (Microsoft/timm, OpenMMLab) name pieces: at the start of a key, then anywhere in it.
 _PREFIXES = (("layers.", "stages."), ("norm.", "norm3."), ("patch_embed.proj.", "patch_embed.projection."))

@@ -21,6 +21,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,13 @@ from torchvision.datasets import Flowers102, ImageFolder, OxfordIIITPet, VOCDete
 
 from peft_bench.config import DataConfig
 from peft_bench.data.base import TaskData
-from peft_bench.data.scenes import DOWNSTREAM_CLASSES, SceneClassification, SceneGenerator, make_splits
+from peft_bench.data.scenes import (
+    DOWNSTREAM_CLASSES,
+    UPSTREAM_CLASSES,
+    SceneClassification,
+    SceneGenerator,
+    make_splits,
+)
 from peft_bench.data.transforms import classification_transforms, resize_transforms, tensor_transforms
 from peft_bench.errors import UserError
 
@@ -417,10 +424,10 @@ def _digits(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
     return _assemble(cfg, img_size, seed, source)
 
 
-def _shapes(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
-    """The embedded scenes (`peft_bench.data.scenes`): the class of each scene's largest object,
-    among the ten downstream shape kinds; splits are disjoint ranges of one seeded generator."""
-    generator = SceneGenerator(DOWNSTREAM_CLASSES, img_size=img_size, seed=seed)
+def _scenes(cfg: DataConfig, img_size: int, seed: int, classes: tuple[str, ...], style: str) -> TaskData:
+    """Embedded scenes (`peft_bench.data.scenes`) labelled with the class of their largest object;
+    splits are disjoint index ranges of one seeded generator, drawn at `data.image_size`."""
+    generator = SceneGenerator(classes, img_size=cfg.image_size or img_size, seed=seed, style=style)
     sizes = {"train": cfg.train_size or 2000, "val": cfg.val_size or 500, "test": cfg.test_size or 1000}
     evaluation = tensor_transforms(train=False)
     transforms = {"train": tensor_transforms(train=True), "val": evaluation, "test": evaluation}
@@ -446,5 +453,8 @@ BUILDERS: dict[str, Builder] = {
     "voc2007": _voc2007,
     "imagefolder": _imagefolder,
     "digits": _digits,
-    "shapes": _shapes,
+    # The downstream benchmark, and the upstream task that pretrains `backbone.weights=mini`:
+    # disjoint shape vocabularies and different background/texture statistics.
+    "shapes": partial(_scenes, classes=DOWNSTREAM_CLASSES, style="default"),
+    "shapes_upstream": partial(_scenes, classes=UPSTREAM_CLASSES, style="upstream"),
 }

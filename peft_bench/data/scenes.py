@@ -231,8 +231,9 @@ class SceneStyle:
 
     backgrounds: Mapping[str, float]
     textures: Mapping[str, float]
-    max_clutter: int = 6
-    max_noise: float = 10.0  # std of the per-pixel Gaussian noise, in 0-255 units
+    texture_contrast: float = 70.0  # the most a pattern's two colours differ per channel (0-255)
+    max_clutter: int = 4
+    max_noise: float = 8.0  # std of the per-pixel Gaussian noise, in 0-255 units
 
 
 STYLES: dict[str, SceneStyle] = {
@@ -243,8 +244,9 @@ STYLES: dict[str, SceneStyle] = {
     "upstream": SceneStyle(
         backgrounds={"flat": 1, "gradient": 2, "noise": 3, "dots": 1, "checker": 1},
         textures={"flat": 2, "stripes": 1, "checker": 1, "noise": 1, "gradient": 1},
-        max_clutter=8,
-        max_noise=16.0,
+        texture_contrast=90.0,
+        max_clutter=5,
+        max_noise=12.0,
     ),
 }
 
@@ -255,17 +257,21 @@ def _choose(rng: np.random.Generator, weights: Mapping[str, float]) -> str:
     return names[rng.choice(len(names), p=p / p.sum())]
 
 
-def _paint(pattern: np.ndarray, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
-    """Blend two RGB colours by a weight map: (H, W) -> (H, W, 3) float."""
+def _paint(rng: np.random.Generator, pattern: np.ndarray, base: np.ndarray, contrast: float) -> np.ndarray:
+    """Blend `base` and a colour at most `contrast` away per channel by a weight map, (H, W, 3).
+
+    Texture edges weaker than object outlines keep the outline the salient, learnable cue.
+    """
+    second = np.clip(base + rng.uniform(-contrast, contrast, 3), 0, 255)
     t = pattern[..., None]
-    return c1 * (1 - t) + c2 * t
+    return base * (1 - t) + second * t
 
 
 # ---------------------------------------------------------------------------------------------
 # Scenes
 
 
-@dataclass
+@dataclass(eq=False)  # arrays have no single truth value: compare fields with numpy instead
 class Scene:
     """One generated scene with the targets of every task; instances are in drawing order."""
 
@@ -289,10 +295,11 @@ def tight_boxes(masks: np.ndarray) -> np.ndarray:
 class SceneGenerator:
     """Draws scenes of `classes` (kinds from `SHAPE_KINDS`) as a pure function of `(seed, index)`.
 
-    Each scene has `min_objects` to `max_objects` objects of uniformly drawn classes, the area of a
-    disc whose radius is drawn from `scale` (fractions of the image side), any rotation, an aspect
-    jitter up to `max_aspect`, and
-    colours and texture independent of the class. Instances with a visible area below
+    Each scene has `min_objects` to `max_objects` objects of uniformly drawn classes: one main
+    object, whose area is that of a disc of radius `scale` (fractions of the image side), and
+    distractors `distractor_scale` times its radius, drawn in random order so that any may
+    occlude another. Every object has any rotation, an aspect jitter up to `max_aspect`, and
+    colours and texture independent of its class. Instances with a visible area below
     `min_visible` (a fraction of the image) are dropped: they are slivers left by occlusion.
     """
 
@@ -303,8 +310,8 @@ class SceneGenerator:
         seed: int = 0,
         min_objects: int = 1,
         max_objects: int = 3,
-        scale: tuple[float, float] = (0.12, 0.24),
-        distractor_scale: tuple[float, float] = (0.4, 0.75),
+        scale: tuple[float, float] = (0.18, 0.3),
+        distractor_scale: tuple[float, float] = (0.3, 0.55),
         max_aspect: float = 1.2,
         min_visible: float = 0.005,
         style: str = "default",
@@ -338,6 +345,7 @@ class SceneGenerator:
                 return scene
 
     def _draw(self, rng: np.random.Generator) -> Scene:
+        """Background, then objects in order (each hides what it covers), then sensor noise."""
         canvas = self._background(rng)
         owner = np.full(canvas.shape[:2], -1, dtype=np.int64)
         labels = rng.integers(self.num_classes, size=rng.integers(self.min_objects, self.max_objects + 1))
@@ -365,8 +373,8 @@ class SceneGenerator:
         """A textured background with clutter strokes, (H, W, 3) float in 0-255."""
         x, y = _grid(self.img_size)
         pattern = PATTERNS[_choose(rng, self.style.backgrounds)](rng, x, y)
-        colours = rng.integers(0, 256, (2, 3)).astype(np.float32)
-        image = Image.fromarray(_paint(pattern, *colours).astype(np.uint8))
+        base = rng.integers(0, 256, 3).astype(np.float32)
+        image = Image.fromarray(_paint(rng, pattern, base, self.style.texture_contrast).astype(np.uint8))
         self._clutter(rng, ImageDraw.Draw(image))
         return np.asarray(image, dtype=np.float32)
 
@@ -383,13 +391,12 @@ class SceneGenerator:
                 x0, y0 = rng.uniform(-0.2, 0.8, 2) * size
                 r = rng.uniform(0.1, 0.4) * size
                 start = rng.uniform(0, 360)
-                draw.arc(
-                    (x0, y0, x0 + r, y0 + r), start, start + rng.uniform(60, 240), fill=colour, width=width
-                )
+                end = start + rng.uniform(60, 240)
+                draw.arc((x0, y0, x0 + r, y0 + r), start, end, fill=colour, width=width)
 
     def _radii(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """Object radii in pixels: one main object, in drawing order at random, and distractors
-        `distractor_scale` times its size, so the largest object (the scene's label) is clear."""
+        """Object radii in pixels, main object at a random place in the drawing order; distractors
+        are clearly smaller, so which object labels the scene is rarely a close call."""
         main = rng.uniform(*self.scale) * self.img_size
         radii = main * rng.uniform(*self.distractor_scale, n)
         radii[rng.integers(n)] = main
@@ -401,19 +408,18 @@ class SceneGenerator:
         aspect = np.exp(rng.uniform(-1, 1) * np.log(self.max_aspect))
         angle = rng.uniform(0, 2 * np.pi)
         rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        center = rng.uniform(0.1, 0.9, 2) * size
+        center = rng.uniform(radius, size - radius, 2)  # the disc of equal area lies inside
         scale = np.array([radius * aspect, radius / aspect])
         return _rasterise([((v * scale) @ rotation.T + center, f) for v, f in _OUTLINES[kind]], size)
 
     def _object_fill(self, rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """A textured fill whose two colours are the two of four random ones most unlike the
-        background under the object, so the object stays visible whatever its colours."""
+        """A textured fill based on the one of four random colours most unlike the background
+        under the object, so the object stays visible whatever its colours."""
         x, y = _grid(self.img_size)
         pattern = PATTERNS[_choose(rng, self.style.textures)](rng, x, y)
         candidates = rng.integers(0, 256, (4, 3)).astype(np.float32)
-        contrast = np.abs(candidates - canvas[mask].mean(0)).sum(1)
-        c1, c2 = candidates[np.argsort(-contrast)[:2]]
-        return _paint(pattern, c1, c2)
+        base = candidates[np.abs(candidates - canvas[mask].mean(0)).sum(1).argmax()]
+        return _paint(rng, pattern, base, self.style.texture_contrast)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ class Trainer:
         checkpoint_dir: Path,
         lr_mult: float = 1.0,
         log: Callable[[dict[str, float], int], None] | None = None,
+        on_epoch_end: Callable[[LoopState], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.data_cfg = data_cfg
@@ -95,6 +96,7 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.lr_mult = lr_mult
         self.log = log or (lambda metrics, step: None)
+        self.on_epoch_end = on_epoch_end or (lambda state: None)
         self.autocast = autocast_for(self.device, cfg.amp)
         self.state = LoopState()  # readable after a failure: the history up to that point
 
@@ -204,6 +206,7 @@ class Trainer:
                     loop=vars(state),
                     rng=rng_state(),
                 )
+                self.on_epoch_end(state)
             self._barrier()
         bar.close()
 

@@ -1,0 +1,89 @@
+"""`python -m peft_bench.report [key=value ...]`: the paper's Tables 1-5 and Figure 5 from the run store.
+
+Keys (each optional):
+  table=1|2|3|4|5|fig5|all   what to build (default all)
+  results_dir=results          the run store
+  out_dir=<results_dir>/report where the files go: table<N>.md/.tex/.csv, fig5.png/.pdf
+  profile=paper|mini           the presets table1..table5 and fig5, or table1_mini ... fig5_mini
+  override=<key>=<value>       added to every cell's config as on the sweep's command line, so that
+                               cells match runs made with it (repeatable; e.g. override=trainer.max_steps=2)
+  smooth=ema|rolling|none      Figure 5's smoothing, over window=<N> logged steps (default ema, 20)
+
+Exit status 0; 2 for a bad argument or a target that cannot be built (e.g. a missing preset), the
+other targets being built all the same.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from peft_bench.errors import UserError
+from peft_bench.report.build import TARGETS, Options, write_target
+from peft_bench.report.figure import SMOOTHERS
+from peft_bench.report.profiles import profile
+from peft_bench.results.store import load_runs
+
+KEYS = ("table", "results_dir", "out_dir", "profile", "override", "smooth", "window")
+
+
+def parse(argv: Sequence[str]) -> tuple[list[str], Options]:
+    """`key=value` arguments -> the targets to build and the options; UserError if one is wrong."""
+    values: dict[str, str] = {}
+    overrides: list[str] = []
+    for argument in argv:
+        key, sep, value = argument.partition("=")
+        if not sep or key not in KEYS:
+            raise UserError(f"Unknown argument {argument!r}: use key=value, a key among {', '.join(KEYS)}.")
+        if key == "override":
+            overrides.append(value)
+        else:
+            values[key] = value
+    table = values.get("table", "all")
+    if table not in (*TARGETS, "all"):
+        raise UserError(f"Unknown table {table!r}: use one of {', '.join(TARGETS)} or all.")
+    smooth, window = values.get("smooth", "ema"), values.get("window", "20")
+    if smooth not in SMOOTHERS:
+        raise UserError(f"Unknown smooth {smooth!r}: use one of {', '.join(SMOOTHERS)}.")
+    if not window.isdigit() or int(window) < 1:
+        raise UserError(f"window must be a positive whole number of steps, not {window!r}.")
+    profile(values.get("profile", "paper"))
+    results_dir = Path(values.get("results_dir", "results"))
+    options = Options(
+        results_dir=results_dir,
+        out_dir=Path(values.get("out_dir", results_dir / "report")),
+        profile=values.get("profile", "paper"),
+        overrides=tuple(overrides),
+        smooth=smooth,
+        window=int(window),
+    )
+    return list(TARGETS) if table == "all" else [table], options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        targets, options = parse(sys.argv[1:] if argv is None else argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    runs = load_runs(options.results_dir)
+    status = 0
+    for target in targets:
+        try:
+            paths, warnings = write_target(target, runs, options)
+        except (UserError, HydraException, OmegaConfBaseException) as error:
+            print(f"error: {target}: {error}", file=sys.stderr)
+            status = 2
+            continue
+        print(f"{target}: {', '.join(str(path) for path in paths)}")
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

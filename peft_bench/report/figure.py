@@ -1,0 +1,78 @@
+"""Figure 5: the training loss against the iteration, one line per cell (method) of the fig5
+preset, from the completed runs' history.csv: averaged over seeds step by step, then smoothed.
+
+Cells without a completed run are named in the figure's caption, not fatal: the figure shows what
+there is. The figure is drawn on its own Agg canvas, without pyplot, so that no global backend
+state changes (a notebook's inline plots keep working).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from peft_bench.report.aggregate import OK, cell_runs
+from peft_bench.report.grid import Cell
+from peft_bench.report.labels import label
+from peft_bench.results.atomic import write_atomic
+from peft_bench.results.store import load_history
+
+SMOOTHERS = ("ema", "rolling", "none")
+
+
+@dataclass(frozen=True)
+class Figure5:
+    paths: list[Path]
+    missing: list[str]  # "<method> (<status>)" of the cells drawn without a line
+
+
+def smooth(loss: pd.Series, how: str, window: int) -> pd.Series:
+    """`ema`: exponential moving average of span `window`; `rolling`: mean of the last `window`."""
+    if how == "ema":
+        return loss.ewm(span=window, adjust=False).mean()
+    if how == "rolling":
+        return loss.rolling(window, min_periods=1).mean()
+    return loss
+
+
+def mean_loss(record_dirs: Iterable[str]) -> pd.Series:
+    """The loss per step, averaged over the runs that logged that step."""
+    curves = [load_history(directory).set_index("step")["loss"] for directory in record_dirs]
+    return pd.concat(curves, axis=1).mean(axis=1).dropna().sort_index()
+
+
+def write_figure5(
+    cells: Sequence[Cell], runs: pd.DataFrame, stem: Path, preset: str, how: str = "ema", window: int = 20
+) -> Figure5:
+    """`<stem>.png` and `<stem>.pdf`, each written atomically."""
+    figure = Figure(figsize=(7, 4.8))
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes((0.1, 0.25, 0.85, 0.68))
+    missing = []
+    for cell in cells:
+        name = label(cell.cfg.method.name)
+        summary = cell_runs(runs, cell.protocol)
+        if summary.status != OK:
+            missing.append(f"{name} ({summary.status})")
+            continue
+        loss = smooth(mean_loss(summary.completed["record_dir"]), how, window)
+        axes.plot(loss.index, loss.to_numpy(), label=f"{name} (n={len(summary.completed)})")
+    if axes.lines:
+        axes.legend()
+    axes.set_xlabel("iteration")
+    axes.set_ylabel("training loss")
+    smoothing = "not smoothed" if how == "none" else f"smoothed: {how}, window {window}"
+    caption = f"Figure 5 (preset {preset}): training loss, mean over seeds, {smoothing}."
+    if missing:
+        caption += f" No completed run: {'; '.join(missing)}."
+    figure.text(0.02, 0.02, textwrap.fill(caption, 110), fontsize=7, va="bottom")
+    paths = [stem.with_suffix(f".{suffix}") for suffix in ("png", "pdf")]
+    for path in paths:
+        write_atomic(path, lambda file, path=path: figure.savefig(file, format=path.suffix[1:], dpi=150))
+    return Figure5(paths, missing)

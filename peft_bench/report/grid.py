@@ -1,0 +1,85 @@
+"""A preset's grid of cells, each with its composed config and protocol hash.
+
+A cell is one job of `python -m peft_bench -m experiment=<preset> ...`. The grid is expanded by
+Hydra's own basic sweeper (the preset's `hydra.sweeper.params` first, the command's arguments
+after, a repeated key replaced in place), so the reporter's cells are exactly the jobs a sweep runs,
+and their protocol hashes are those the runs record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
+
+from peft_bench.config import register_configs
+from peft_bench.errors import UserError
+from peft_bench.results.protocol import protocol_hash
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One sweep command of a table beyond `experiment=<preset>`: its extra overrides, and further
+    overrides for the cells whose overrides include a given one (the paper's per-method settings)."""
+
+    overrides: tuple[str, ...] = ()
+    cell_overrides: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    overrides: tuple[str, ...]  # everything composed, as the sweep's job receives it
+    cfg: DictConfig
+    protocol: str
+
+
+@contextmanager
+def config_session() -> Iterator[None]:
+    """Hydra's compose API over the repository's `conf/`, with the schema registered."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield
+
+
+def jobs(arguments: Sequence[str], sweep_params: Mapping[str, object]) -> list[list[str]]:
+    """The override lists of a sweep's jobs, expanded as Hydra's basic sweeper does."""
+    params = [f"{key}={value}" for key, value in sweep_params.items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *arguments])
+    (batch,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)
+    return batch
+
+
+def sweep_params(arguments: Sequence[str]) -> Mapping[str, object]:
+    """The preset's `hydra.sweeper.params`, from the config as a multirun composes it: without the
+    arguments that are themselves sweeps (a list given on the command line replaces the preset's)."""
+    fixed = [
+        o.input_line for o in OverridesParser.create().parse_overrides(arguments) if not o.is_sweep_override()
+    ]
+    return compose(config_name="config", overrides=fixed, return_hydra_config=True).hydra.sweeper.params or {}
+
+
+def preset_cells(preset: str, parts: Sequence[Part] = (Part(),), overrides: Sequence[str] = ()) -> list[Cell]:
+    """The cells of `experiment=<preset>`, one sweep per part, with `overrides` added to every job
+    (as on the sweep's command line). Cells of the same protocol from two parts are one cell."""
+    if not (CONF_DIR / "experiment" / f"{preset}.yaml").exists():
+        known = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+        raise UserError(f"No preset {preset!r} in {CONF_DIR / 'experiment'}; known: {', '.join(known)}.")
+    cells: dict[str, Cell] = {}
+    with config_session():
+        for part in parts:
+            arguments = [f"experiment={preset}", *part.overrides, *overrides]
+            for job in jobs(arguments, sweep_params(arguments)):
+                for key, extras in part.cell_overrides.items():
+                    job += extras if key in job else ()
+                cfg = compose(config_name="config", overrides=job)
+                cell = Cell(tuple(job), cfg, protocol_hash(cfg))
+                cells.setdefault(cell.protocol, cell)
+    return list(cells.values())

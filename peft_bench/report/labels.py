@@ -1,0 +1,42 @@
+"""Display names of methods, datasets, backbones and metrics, spelt as the paper does; a name
+without one is shown as it is."""
+
+from __future__ import annotations
+
+NAMES = {
+    # methods
+    "full": "Full",
+    "fixed": "Fixed",
+    "bitfit": "BitFit",
+    "normtuning": "NormTuning",
+    "partial1": "Partial-1",
+    "adapter": "Adapter",
+    "lora": "LoRA",
+    "adaptformer": "AdaptFormer",
+    "lorand": "LoRand",
+    "mona": "Mona",
+    # datasets
+    "coco": "COCO",
+    "voc": "Pascal VOC",
+    "ade20k": "ADE20K",
+    "flowers102": "Flowers102",
+    "pets": "OxfordPets",
+    "voc2007": "VOC2007",
+    # backbones
+    "swin_micro": "Swin-micro",
+    "swin_t": "Swin-T",
+    "swin_s": "Swin-S",
+    "swin_b": "Swin-B",
+    "swin_l": "Swin-L",
+    # metrics
+    "ap_box": "AP_box",
+    "ap_mask": "AP_mask",
+    "ap50": "AP50",
+    "miou": "mIoU",
+    "top1": "top-1",
+    "top5": "top-5",
+}
+
+
+def label(name: object) -> str:
+    return NAMES.get(str(name), str(name))

@@ -1,0 +1,62 @@
+"""The report's profiles: which preset each table reads, the sweeps a table needs beyond its preset,
+and (mini) which of the paper's columns an embedded dataset stands for. Everything a reader must
+change when a preset changes is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from peft_bench.errors import UserError
+from peft_bench.report.grid import Cell, Part, preset_cells
+
+
+@dataclass(frozen=True)
+class Profile:
+    suffix: str  # table 3's preset is `table3<suffix>`, Figure 5's `fig5<suffix>`
+    # The sweeps of a table beyond its preset's own, e.g. Table 2's ADE20K half.
+    extra_parts: Mapping[str, tuple[Part, ...]] = field(default_factory=dict)
+    # Our dataset name -> the dataset of the paper's column it stands for (absent: its own name).
+    paper_datasets: Mapping[str, str] = field(default_factory=dict)
+
+    def preset(self, target: str) -> str:
+        return f"{'fig5' if target == 'fig5' else f'table{target}'}{self.suffix}"
+
+    def cells(self, target: str, overrides: Sequence[str] = ()) -> list[Cell]:
+        """The cells of `target` ("1" ... "5", "fig5"): its preset's sweep and any extra ones."""
+        return preset_cells(self.preset(target), (Part(), *self.extra_parts.get(target, ())), overrides)
+
+
+PROFILES = {
+    "paper": Profile(
+        suffix="",
+        extra_parts={
+            # conf/experiment/table2.yaml's second command; Mona's ADE20K cell with the paper's
+            # drop path of 0.2, as that file says.
+            "2": (
+                Part(
+                    ("dataset=ade20k", "trainer=ade20k_seg", "backbone.drop_path_rate=0.3"),
+                    {"method=mona": ("backbone.drop_path_rate=0.2",)},
+                ),
+            ),
+        },
+    ),
+    "mini": Profile(
+        suffix="_mini",
+        extra_parts={"2": (Part(("dataset=shapes_seg",)),)},
+        paper_datasets={
+            "shapes_inst": "coco",
+            "shapes_det": "voc",
+            "shapes_seg": "ade20k",
+            "shapes": "flowers102",
+            "digits": "pets",
+        },
+    ),
+}
+
+
+def profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise UserError(f"Unknown profile {name!r}: use one of {', '.join(PROFILES)}.")
+    return PROFILES[name]

@@ -1,0 +1,126 @@
+"""A table's entries as text: Markdown and LaTeX for reading (each cell `ours [paper]`), CSV for
+computing (one row per entry, every number at full precision). Small formatters of our own, so
+that neither tabulate nor jinja2 (pandas' optional backends) is a dependency."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from peft_bench.report.aggregate import OK
+from peft_bench.report.tables import Table
+from peft_bench.results.atomic import write_text_atomic
+
+LEGEND = (
+    "Each cell: ours, the mean ± sample std over n completed seeds (parameters: counted from the "
+    "config), then [the paper's value]; missing / running / failed: no completed run of the cell's protocol."
+)
+STATUS_WIDTH = 60  # a failure's message is cut here in the readable formats; the CSV keeps it whole
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+}
+
+
+def number(value: float, signed: bool = False) -> str:
+    return "-" if math.isnan(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def ours_text(entry: pd.Series) -> str:
+    if entry["kind"] != "metric":
+        return number(entry["ours"], signed=entry["kind"] == "delta")
+    if entry["status"] != OK:
+        status = entry["status"]
+        return status if len(status) <= STATUS_WIDTH else status[: STATUS_WIDTH - 3] + "..."
+    spread = "" if math.isnan(entry["std"]) else f" ± {entry['std']:.2f}"
+    return f"{entry['ours']:.2f}{spread} (n={int(entry['n'])})"
+
+
+def cell_text(entry: pd.Series) -> str:
+    paper = entry["paper"]
+    if math.isnan(paper):
+        return ours_text(entry)
+    return f"{ours_text(entry)} [{number(paper, signed=entry['kind'] == 'delta')}]"
+
+
+def display(table: Table) -> pd.DataFrame:
+    """Rows and columns as in the paper (first-appearance order); each cell `ours [paper]`."""
+    entries = table.entries
+    texts = entries.assign(text=entries.apply(cell_text, axis=1))
+    frame = texts.pivot(index="row", columns="column", values="text")
+    frame = frame.reindex(index=pd.unique(entries["row"]), columns=pd.unique(entries["column"])).fillna("")
+    frame.index.name, frame.columns.name = table.row_name, None
+    return frame
+
+
+def grid(table: Table) -> list[list[str]]:
+    """The header row, then the body rows, each led by its row label."""
+    frame = display(table)
+    rows = [[str(row), *values] for row, values in zip(frame.index, frame.to_numpy().tolist(), strict=True)]
+    return [[str(frame.index.name), *frame.columns], *rows]
+
+
+def markdown(table: Table) -> str:
+    header, *body = grid(table)
+    lines = [_markdown_row(header), "|" + "|".join(["---"] * len(header)) + "|", *map(_markdown_row, body)]
+    return "\n".join([f"**{table.caption}**", "", *lines, "", LEGEND, ""])
+
+
+def _markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(char, char) for char in text)
+
+
+def latex(table: Table) -> str:
+    """A booktabs table environment."""
+    header, *body = grid(table)
+    return "\n".join(
+        [
+            r"\begin{table}",
+            r"\centering",
+            rf"\caption{{{latex_escape(table.caption + ' ' + LEGEND)}}}",
+            rf"\label{{tab:table{table.target}}}",
+            rf"\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}",
+            r"\toprule",
+            _latex_row(header),
+            r"\midrule",
+            *map(_latex_row, body),
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\end{table}",
+            "",
+        ]
+    )
+
+
+def _latex_row(cells: list[str]) -> str:
+    return " & ".join(map(latex_escape, cells)) + r" \\"
+
+
+def csv(table: Table) -> str:
+    return table.entries.assign(table=table.target, preset=table.preset).to_csv(index=False)
+
+
+def write_table(table: Table, out_dir: Path) -> list[Path]:
+    """`<out_dir>/table<N>.md`, `.tex` and `.csv`, each written atomically."""
+    paths = []
+    for suffix, text in (("md", markdown(table)), ("tex", latex(table)), ("csv", csv(table))):
+        path = out_dir / f"table{table.target}.{suffix}"
+        write_text_atomic(path, text)
+        paths.append(path)
+    return paths

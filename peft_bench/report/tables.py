@@ -1,0 +1,185 @@
+"""Tables 1-5 in the paper's layout, as entries: one per (row, column) with our value (mean, std and
+n over the cell's completed seeds, or why there is none) and the paper's value beside it.
+
+Columns follow the cells' configs, not fixed lists: a dataset's metrics are those of its task, so
+a mini preset's embedded datasets land in the same layout. Parameter columns are counted from the
+cell's composed config (`peft_bench.params.count`), without training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pandas as pd
+
+from peft_bench.params import count
+from peft_bench.report.aggregate import OK, cell_runs
+from peft_bench.report.grid import Cell
+from peft_bench.report.labels import label
+from peft_bench.report.paper import PaperValues
+from peft_bench.report.profiles import profile
+
+TASK_METRICS = {
+    "instance": ("ap_box", "ap_mask"),
+    "detection": ("ap50",),
+    "semantic": ("miou",),
+    "classification": ("top1", "top5"),
+}
+ENTRY_COLUMNS = ["row", "column", "kind", "metric", "ours", "std", "n", "status", "paper"]
+CAPTIONS = {
+    "1": "Instance segmentation: trainable backbone parameters (counted), AP_box and AP_mask "
+    "with their Δ to Full",
+    "2": "Detection and semantic segmentation: trainable backbone parameters (counted), AP50 and mIoU "
+    "with their Δ to Full",
+    "3": "Classification: top-1 and top-5 accuracy per dataset and their average",
+    "4": "Mona's intermediate dimension: trainable backbone parameters (counted, % of the backbone) and AP50",
+    "5": "Full and Mona across backbone sizes: AP50, and Mona's trainable parameters "
+    "(counted, % of the backbone)",
+}
+
+
+@dataclass(frozen=True)
+class Table:
+    target: str  # "1" ... "5"
+    preset: str
+    row_name: str  # what the rows are: Method, Dim, Backbone
+    entries: pd.DataFrame  # ENTRY_COLUMNS
+
+    @property
+    def caption(self) -> str:
+        return f"Table {self.target} (preset {self.preset}). {CAPTIONS[self.target]}."
+
+
+class Entries:
+    """Collects a table's entries; every value is placed beside the paper's for the same keys.
+    Kinds: metric (measured by runs), count (counted from the config), delta, average."""
+
+    def __init__(self, target: str, runs: pd.DataFrame, paper: PaperValues) -> None:
+        self.target, self.runs, self.paper = target, runs, paper
+        self.rows: list[dict[str, Any]] = []
+
+    def paper_value(self, metric: str, **keys: object) -> float:
+        return self.paper.value(self.target, metric, **keys)
+
+    def add(
+        self, row: str, column: str, kind: str, metric: str, ours: float, paper: float, **stats: Any
+    ) -> None:
+        """One entry; its status, unless given: ok, or n/a where there is no value of ours."""
+        entry = {"row": row, "column": column, "kind": kind, "metric": metric, "ours": ours, "paper": paper}
+        status = "n/a" if math.isnan(ours) else OK
+        self.rows.append({"std": math.nan, "n": math.nan, "status": status, **entry, **stats})
+
+    def measured(self, row: str, column: str, cell: Cell, metric: str, **keys: object) -> None:
+        runs = cell_runs(self.runs, cell.protocol)
+        stat = runs.stat(metric)
+        status = runs.status if runs.status != OK or stat.n else f"no {metric} in its runs"
+        paper = self.paper_value(metric, **keys)
+        self.add(row, column, "metric", metric, stat.mean, paper, std=stat.std, n=stat.n, status=status)
+
+    def counted(self, row: str, column: str, cell: Cell, **keys: object) -> None:
+        """Trainable backbone parameters, counted: millions (column "Params (M)") or percent."""
+        counts = count(cell.cfg)
+        metric = "params_m" if column == "Params (M)" else "params_percent"
+        ours = counts["backbone_trainable"] / 1e6 if metric == "params_m" else counts["trainable_percent"]
+        self.add(row, column, "count", metric, ours, self.paper_value(metric, **keys))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=ENTRY_COLUMNS).astype({"n": "Int64"})
+
+
+def unique(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def delta_to_full(entries: Entries, row: str, column: str, cell: Cell, full: Cell, metric: str) -> None:
+    """Our Δ (difference of the means) and the paper's, beside the measured `column`; none for Full."""
+    method, dataset = cell.cfg.method.name, cell.cfg.data.name
+    ours = paper = math.nan
+    if method != "full":
+        ours = cell_runs(entries.runs, cell.protocol).stat(metric).mean
+        ours -= cell_runs(entries.runs, full.protocol).stat(metric).mean
+        paper = entries.paper_value(metric, dataset=dataset, method=method)
+        paper -= entries.paper_value(metric, dataset=dataset, method="full")
+    entries.add(row, f"Δ {column}", "delta", metric, ours, paper)
+
+
+def averages(entries: Entries, row: str, datasets: int) -> None:
+    """Each metric's mean over the row's datasets, ours and the paper's: none unless every one has it."""
+    measured = [entry for entry in entries.rows if entry["row"] == row and entry["kind"] == "metric"]
+    for metric in unique(entry["metric"] for entry in measured):
+        same = [entry for entry in measured if entry["metric"] == metric]
+        ours = sum(entry["ours"] for entry in same) / len(same) if len(same) == datasets else math.nan
+        paper = sum(entry["paper"] for entry in same) / len(same)
+        entries.add(row, f"Average {label(metric)}", "average", metric, ours, paper)
+
+
+def methods_table(
+    entries: Entries, cells: Sequence[Cell], *, params: bool, delta: bool, average: bool
+) -> str:
+    """Tables 1-3: a row per method; per dataset, the metrics of its task (with their Δ to Full);
+    optionally the parameter counts first and the average over datasets last."""
+    fulls = {cell.cfg.data.name: cell for cell in cells if cell.cfg.method.name == "full"}
+    datasets = unique(cell.cfg.data.name for cell in cells)
+    for method in unique(cell.cfg.method.name for cell in cells):
+        row, mine = label(method), [cell for cell in cells if cell.cfg.method.name == method]
+        if params:
+            for column in ("Params (M)", "Params %"):
+                entries.counted(row, column, mine[0], dataset=mine[0].cfg.data.name, method=method)
+        for cell in mine:
+            dataset = cell.cfg.data.name
+            for metric in TASK_METRICS[cell.cfg.data.task]:
+                column = f"{label(dataset)} {label(metric)}"
+                entries.measured(row, column, cell, metric, dataset=dataset, method=method)
+                if delta and dataset in fulls:
+                    delta_to_full(entries, row, column, cell, fulls[dataset], metric)
+        if average:
+            averages(entries, row, len(datasets))
+    return "Method"
+
+
+def dims_table(entries: Entries, cells: Sequence[Cell]) -> str:
+    """Table 4: a row per intermediate dimension; parameters (% of the backbone) and the metrics."""
+    for cell in cells:
+        dim, dataset = cell.cfg.method.dim, cell.cfg.data.name
+        row = str(dim)
+        entries.counted(row, "Params %", cell, dataset=dataset, dim=dim)
+        for metric in TASK_METRICS[cell.cfg.data.task]:
+            entries.measured(row, label(metric), cell, metric, dataset=dataset, dim=dim)
+    return "Dim"
+
+
+def backbones_table(entries: Entries, cells: Sequence[Cell]) -> str:
+    """Table 5: a row per backbone; each method's metrics, and the tuned methods' parameters (%)."""
+    for cell in cells:
+        method, backbone, dataset = cell.cfg.method.name, cell.cfg.backbone.name, cell.cfg.data.name
+        row, keys = label(backbone), {"dataset": dataset, "method": method, "backbone": backbone}
+        for metric in TASK_METRICS[cell.cfg.data.task]:
+            entries.measured(row, f"{label(method)} {label(metric)}", cell, metric, **keys)
+        if method != "full":
+            entries.counted(row, f"{label(method)} Params %", cell, **keys)
+    return "Backbone"
+
+
+LAYOUTS: dict[str, Callable[[Entries, Sequence[Cell]], str]] = {
+    "1": partial(methods_table, params=True, delta=True, average=False),
+    "2": partial(methods_table, params=True, delta=True, average=False),
+    "3": partial(methods_table, params=False, delta=False, average=True),
+    "4": dims_table,
+    "5": backbones_table,
+}
+TABLES = tuple(LAYOUTS)
+
+
+def build_table(
+    target: str, runs: pd.DataFrame, profile_name: str = "paper", overrides: Sequence[str] = ()
+) -> Table:
+    """Table `target` of the profile's preset from `runs` (as `load_runs` gives them);
+    `overrides` are added to every cell's composition, as on the sweep's command line."""
+    chosen = profile(profile_name)
+    entries = Entries(target, runs, PaperValues(chosen.paper_datasets))
+    row_name = LAYOUTS[target](entries, chosen.cells(target, overrides))
+    return Table(target, chosen.preset(target), row_name, entries.frame())

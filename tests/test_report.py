@@ -1,0 +1,204 @@
+"""The reporter against a synthetic run store: records written in the run-record format, with the
+protocol hashes of real presets' cells (table1, table4, table5, fig5)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from conftest import REPO
+from nbclient import NotebookClient
+from omegaconf import DictConfig, OmegaConf
+
+from peft_bench.report.__main__ import main
+from peft_bench.report.aggregate import cell_runs
+from peft_bench.report.build import Options, write_target
+from peft_bench.report.grid import Cell
+from peft_bench.report.profiles import profile
+from peft_bench.report.render import markdown
+from peft_bench.report.tables import build_table
+from peft_bench.results.atomic import write_text_atomic
+from peft_bench.results.protocol import protocol_hash, run_id_for
+from peft_bench.results.store import load_runs, run_dir, write_history, write_record
+
+PAPER = profile("paper")
+# Table 1 and Figure 5 restricted to a few methods: an override of a swept key replaces its list.
+# (Figure 5's Mona cell is Table 4's dim-64 cell, one protocol: Figure 5 draws other methods here.)
+TABLE1_OVERRIDES = ("method=full,mona",)
+FIG5_OVERRIDES = ("method=full,adapter,lora",)
+
+
+def write_run(
+    results_dir: Path,
+    cfg: DictConfig,
+    seed: int,
+    status: str = "completed",
+    metrics: dict[str, float] | None = None,
+    error: str | None = None,
+    started: str = "2025-01-01T00:00:00+00:00",
+    losses: tuple[float, ...] = (2.0, 1.5, 1.2, 1.0),
+) -> None:
+    """One run's record as peft_bench.run writes it: config.yaml, history.csv, metrics.json."""
+    cfg = cfg.copy()
+    cfg.trainer.seed = seed
+    directory = run_dir(results_dir, run_id_for(cfg))
+    write_text_atomic(directory / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_history(
+        directory, [{"step": i + 1, "epoch": 0, "loss": x, "lr": 1e-4} for i, x in enumerate(losses)]
+    )
+    record = {
+        "run_id": run_id_for(cfg),
+        "status": status,
+        "method": cfg.method.name,
+        "dataset": cfg.data.name,
+        "task": cfg.data.task,
+        "backbone": cfg.backbone.name,
+        "seed": seed,
+        "metrics": metrics or {},
+        "best": {},
+        "params": {
+            "backbone_total": 1,
+            "backbone_trainable": 1,
+            "trainable_total": 1,
+            "trainable_percent": 100,
+        },
+        "protocol_hash": protocol_hash(cfg),
+        "git_sha": None,
+        "versions": {},
+        "device": "cpu",
+        "wall_s": 1.0,
+        "started": started,
+        **({"error": error} if error else {}),
+    }
+    write_record(directory, record)
+
+
+def by(cells: list[Cell], **wanted: object) -> DictConfig:
+    """The config of the one cell with the wanted values (keys: backbone, method, dim)."""
+    keys = {"backbone": "backbone.name", "method": "method.name", "dim": "method.dim"}
+    (cell,) = [c for c in cells if all(OmegaConf.select(c.cfg, keys[k]) == v for k, v in wanted.items())]
+    return cell.cfg
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    results = tmp_path_factory.mktemp("store") / "results"
+    table4 = PAPER.cells("4")
+    write_run(results, by(table4, dim=32), 0, metrics={"ap50": 86.0})
+    write_run(results, by(table4, dim=32), 1, metrics={"ap50": 87.0})
+    failed = {"status": "failed", "error": "RuntimeError: boom", "started": "2025-01-02"}
+    write_run(results, by(table4, dim=64), 0, **failed)
+    write_run(results, by(table4, dim=64), 1, "running")  # older than the failure
+    other_lr = by(table4, dim=128).copy()
+    other_lr.trainer.lr = 2e-4  # another protocol: it must not enter the dim-128 cell, which stays missing
+    write_run(results, other_lr, 0, metrics={"ap50": 99.9})
+
+    table5 = PAPER.cells("5")
+    write_run(results, by(table5, backbone="swin_t", method="full"), 0, "running")
+    write_run(results, by(table5, backbone="swin_t", method="mona"), 0, metrics={"ap50": 83.0})
+
+    table1 = PAPER.cells("1", TABLE1_OVERRIDES)
+    write_run(results, by(table1, method="full"), 0, metrics={"ap_box": 52.0, "ap_mask": 45.0})
+    for seed, (box, mask) in enumerate([(53.0, 46.0), (54.0, 46.5)]):
+        write_run(results, by(table1, method="mona"), seed, metrics={"ap_box": box, "ap_mask": mask})
+
+    fig5 = PAPER.cells("fig5", FIG5_OVERRIDES)
+    write_run(results, by(fig5, method="full"), 0, losses=(3.0, 2.5, 2.4, 2.2))
+    for seed in (0, 1):
+        write_run(results, by(fig5, method="adapter"), seed, losses=(2.0, 1.4, 1.1, 0.9))
+    return results
+
+
+def test_cells_expand_the_sweep_as_hydra_does() -> None:
+    cells = PAPER.cells("5")
+    assert [(c.cfg.backbone.name, c.cfg.method.name) for c in cells] == [
+        (b, m) for b in ("swin_t", "swin_b", "swin_l") for m in ("full", "mona")
+    ]
+    assert len({c.protocol for c in cells}) == 6
+    # The seed is not part of the protocol; a swept key given again replaces its list.
+    seeded = PAPER.cells("5", ("trainer.seed=7", "method=mona"))
+    assert [c.protocol for c in seeded] == [c.protocol for c in cells if c.cfg.method.name == "mona"]
+
+
+def test_one_protocol_is_one_cell_across_presets() -> None:
+    """Table 4's dim 64 is Table 5's Swin-L Mona and Figure 5's Mona: the same runs fill all three."""
+    (dim64,) = [c.protocol for c in PAPER.cells("4", ("method.dim=64",))]
+    assert dim64 == next(c.protocol for c in PAPER.cells("5", ("backbone=swin_l", "method=mona")))
+
+
+def test_empty_store_cells_are_missing(tmp_path: Path) -> None:
+    assert cell_runs(load_runs(tmp_path), "0123456789ab").status == "missing"
+
+
+def test_table4_through_the_cli(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["table=4", f"results_dir={store}", f"out_dir={tmp_path}"]) == 0
+    assert str(tmp_path / "table4.md") in capsys.readouterr().out
+
+    md = (tmp_path / "table4.md").read_text()
+    assert "| 32 | 1.35 [1.35] | 86.50 ± 0.71 (n=2) [86.80] |" in md
+    assert "| 64 | 2.63 [2.56] | failed: RuntimeError: boom [87.30] |" in md  # the newest attempt
+    assert "| 128 | 5.22 [5.22] | missing [87.10] |" in md
+    assert "99.9" not in md
+
+    tex = (tmp_path / "table4.tex").read_text()
+    assert r"32 & 1.35 [1.35] & 86.50 $\pm$ 0.71 (n=2) [86.80] \\" in tex
+    assert r"Dim & Params \% & AP50 \\" in tex
+
+    csv = pd.read_csv(tmp_path / "table4.csv").set_index(["row", "column"])
+    dim32 = csv.loc[(32, "AP50")]
+    assert (dim32["ours"], dim32["n"], dim32["paper"]) == (86.5, 2, 86.8)
+    assert math.isclose(dim32["std"], math.sqrt(0.5))
+    assert csv.loc[(64, "AP50"), "status"] == "failed: RuntimeError: boom"
+    assert csv.loc[(128, "AP50"), "status"] == "missing"
+    assert csv.loc[(64, "Params %"), "paper"] == 2.56
+
+
+def test_table5_running_cell_and_mona_params(store: Path) -> None:
+    table = build_table("5", load_runs(store))
+    entries = table.entries.set_index(["row", "column"])
+    assert entries.loc[("Swin-T", "Full AP50"), "status"] == "running"
+    assert entries.loc[("Swin-T", "Mona AP50"), ["ours", "paper"]].tolist() == [83.0, 83.5]
+    assert entries.loc[("Swin-L", "Mona Params %"), "paper"] == 2.56
+    assert "| Swin-T | running [80.10] | 83.00 (n=1) [83.50] |" in markdown(table)
+
+
+def test_table1_delta_to_full(store: Path) -> None:
+    table = build_table("1", load_runs(store), overrides=TABLE1_OVERRIDES)
+    entries = table.entries.set_index(["row", "column"])
+    box = entries.loc[("Mona", "Δ COCO AP_box")]
+    assert (box["ours"], box["paper"]) == pytest.approx((1.5, 1.0))
+    assert math.isnan(entries.loc[("Full", "Δ COCO AP_box"), "ours"])
+    text = markdown(table)
+    assert "53.50 ± 0.71 (n=2) [53.40] | +1.50 [+1.00] | 46.25 ± 0.35 (n=2) [46.00] | +1.25 [+0.90] |" in text
+    assert text.index("Params (M)") < text.index("COCO AP_box") < text.index("Δ COCO AP_box")
+
+
+def test_figure5_written_with_missing_methods_named(store: Path, tmp_path: Path) -> None:
+    options = Options(
+        results_dir=store, out_dir=tmp_path, overrides=FIG5_OVERRIDES, smooth="rolling", window=2
+    )
+    paths, warnings = write_target("fig5", load_runs(store), options)
+    assert [p.name for p in paths] == ["fig5.png", "fig5.pdf"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    assert warnings == ["fig5: no completed run for LoRA (missing)"]
+
+
+def test_unknown_table_is_a_one_line_error(capsys: pytest.CaptureFixture) -> None:
+    assert main(["table=9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "Unknown table '9'" in err and "1, 2, 3, 4, 5, fig5" in err
+
+
+def test_notebook_runs_on_the_synthetic_store(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notebook = nbformat.read(REPO / "notebooks" / "comparisons.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+    monkeypatch.setenv("PEFT_BENCH_RESULTS", str(store))  # the kernel inherits the environment
+    monkeypatch.setenv("PEFT_BENCH_TABLES", "4")
+    resources = {"metadata": {"path": str(REPO / "notebooks")}}
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources=resources).execute()
+    outputs = "".join(str(output) for cell in notebook.cells for output in cell.get("outputs", []))
+    assert "86.50 ± 0.71 (n=2) [86.80]" in outputs
