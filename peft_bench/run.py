@@ -115,6 +115,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         "dataset": cfg.data.name,
         "task": cfg.data.task,
         "backbone": cfg.backbone.name,
+        "weights": cfg.backbone.weights,
         "seed": cfg.trainer.seed,
         "metrics": {},
         "best": {},

@@ -92,3 +92,11 @@ def test_mona_percentages_match_the_paper_tables_4_and_5(counts: dict) -> None:
     assert round(dims[32]["trainable_percent"], 2) == 1.35
     assert round(dims[128]["trainable_percent"], 2) == 5.22
     assert dims[64]["backbone_trainable"] == 5_267_712
+
+
+def test_dense_tasks_count_the_per_stage_output_norms_as_the_reference() -> None:
+    """methods.md's reference column: BitFit and NormTuning with the four output LayerNorms of the
+    dense-task backbone (norm0..norm3) instead of the classifier's single final norm."""
+    lines = params_lines("-m", "method=bitfit,normtuning", "backbone=swin_b", "dataset=voc")
+    counts = {line["method"]: line["backbone_trainable"] for line in lines}
+    assert counts == {"bitfit": 201_656, "normtuning": 59_392}

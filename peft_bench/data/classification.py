@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,12 +32,13 @@ from torchvision.datasets import Flowers102, ImageFolder, OxfordIIITPet, VOCDete
 
 from peft_bench.config import DataConfig
 from peft_bench.data.base import TaskData
+from peft_bench.data.embedded import scene_task_data
+from peft_bench.data.layout import Layout, data_root, first_missing, require, torchvision_not_found
 from peft_bench.data.scenes import (
     DOWNSTREAM_CLASSES,
     UPSTREAM_CLASSES,
     SceneClassification,
     SceneGenerator,
-    make_splits,
 )
 from peft_bench.data.transforms import classification_transforms, resize_transforms, tensor_transforms
 from peft_bench.errors import UserError
@@ -215,20 +216,13 @@ def _validation(source: _Source, fraction: float, seed: int) -> tuple[_Split, _S
 # Missing data: a fast check of the files each loader opens, and one paragraph on how to fix it.
 
 
-@dataclass(frozen=True)
-class _Layout:
-    required: tuple[str, ...]  # relative to the dataset folder, checked in order
-    tree: str  # the expected layout, quoted in the error
-    downloadable: bool  # torchvision can download the dataset
-
-
-FLOWERS102_LAYOUT = _Layout(
+FLOWERS102_LAYOUT = Layout(
     required=("flowers-102/jpg", "flowers-102/imagelabels.mat", "flowers-102/setid.mat"),
     tree="<data.root>/flowers-102/ holding jpg/image_00001.jpg ... image_08189.jpg, imagelabels.mat "
     "and setid.mat",
     downloadable=True,
 )
-PETS_LAYOUT = _Layout(
+PETS_LAYOUT = Layout(
     required=(
         "oxford-iiit-pet/images",
         "oxford-iiit-pet/annotations/trainval.txt",
@@ -238,54 +232,19 @@ PETS_LAYOUT = _Layout(
     "annotations/test.txt",
     downloadable=True,
 )
-VOC2007_LAYOUT = _Layout(
+VOC2007_LAYOUT = Layout(
     required=("JPEGImages", "Annotations", *(f"ImageSets/Main/{s}.txt" for s in ("train", "val", "test"))),
     tree="<data.root>/VOCdevkit/VOC2007/ (data.root may also be VOCdevkit/ or VOC2007/ itself) holding "
     "JPEGImages/000001.jpg ..., Annotations/000001.xml ..., ImageSets/Main/train.txt, val.txt and "
     "test.txt (the test list and images come in the separate VOCtest_06-Nov-2007.tar)",
     downloadable=True,
 )
-IMAGEFOLDER_LAYOUT = _Layout(
+IMAGEFOLDER_LAYOUT = Layout(
     required=("train", "test"),
     tree="<data.root>/train/<class>/<image>.jpg ..., <data.root>/test/<class>/... and optionally "
     "<data.root>/val/<class>/... (without val, data.val_fraction of train is held out)",
     downloadable=False,
 )
-
-
-def _not_found(cfg: DataConfig, problem: str, layout: _Layout) -> UserError:
-    fix = "set data.root=<the folder that holds this layout>"
-    if layout.downloadable:
-        fix += ", or data.download=true on a connected machine to let torchvision download it"
-    return UserError(f"Dataset {cfg.name!r}: {problem}. Expected layout: {layout.tree}. To fix it, {fix}.")
-
-
-def _data_root(cfg: DataConfig, layout: _Layout) -> Path:
-    if cfg.root is None:
-        raise _not_found(cfg, "data.root is not set", layout)
-    return Path(cfg.root).expanduser()
-
-
-def _first_missing(folder: Path, layout: _Layout) -> Path | None:
-    return next((folder / r for r in layout.required if not (folder / r).exists()), None)
-
-
-def _require(cfg: DataConfig, folder: Path, layout: _Layout) -> None:
-    """Fail before any loader runs, naming the first missing path (a few stat calls, no scan)."""
-    missing = _first_missing(folder, layout)
-    if missing is not None:
-        raise _not_found(cfg, f"{missing} does not exist (data.root={cfg.root})", layout)
-
-
-@contextmanager
-def _torchvision_not_found(cfg: DataConfig, layout: _Layout) -> Iterator[None]:
-    """Turn torchvision's "Dataset not found" and ImageFolder's empty folders into a UserError."""
-    try:
-        yield
-    except (RuntimeError, FileNotFoundError) as error:
-        if isinstance(error, RuntimeError) and not str(error).startswith("Dataset not found"):
-            raise
-        raise _not_found(cfg, f"torchvision could not load it from {cfg.root}: {error}", layout) from error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +259,7 @@ class _Flowers102(Flowers102):
     """
 
     def _check_integrity(self) -> bool:
-        return _first_missing(Path(self.root), FLOWERS102_LAYOUT) is None
+        return first_missing(Path(self.root), FLOWERS102_LAYOUT) is None
 
 
 def _torchvision_split(dataset: Flowers102 | OxfordIIITPet) -> _Split:
@@ -309,10 +268,10 @@ def _torchvision_split(dataset: Flowers102 | OxfordIIITPet) -> _Split:
 
 
 def _flowers102(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
-    root = _data_root(cfg, FLOWERS102_LAYOUT)
+    root = data_root(cfg, FLOWERS102_LAYOUT)
     if not cfg.download:
-        _require(cfg, root, FLOWERS102_LAYOUT)
-    with _torchvision_not_found(cfg, FLOWERS102_LAYOUT):
+        require(cfg, root, FLOWERS102_LAYOUT)
+    with torchvision_not_found(cfg, FLOWERS102_LAYOUT):
         splits = {s: _Flowers102(root, split=s, download=cfg.download) for s in ("train", "val", "test")}
     source = _Source(
         name="Flowers102",
@@ -326,10 +285,10 @@ def _flowers102(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
 
 
 def _pets(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
-    root = _data_root(cfg, PETS_LAYOUT)
+    root = data_root(cfg, PETS_LAYOUT)
     if not cfg.download:
-        _require(cfg, root, PETS_LAYOUT)
-    with _torchvision_not_found(cfg, PETS_LAYOUT):
+        require(cfg, root, PETS_LAYOUT)
+    with torchvision_not_found(cfg, PETS_LAYOUT):
         trainval, test = (
             OxfordIIITPet(root, split=s, target_types="category", download=cfg.download)
             for s in ("trainval", "test")
@@ -344,13 +303,13 @@ def _pets(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
 
 
 def _voc2007(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
-    root = _data_root(cfg, VOC2007_LAYOUT)
-    if cfg.download and _first_missing(_voc2007_folder(root), VOC2007_LAYOUT) is not None:
-        with _torchvision_not_found(cfg, VOC2007_LAYOUT):
+    root = data_root(cfg, VOC2007_LAYOUT)
+    if cfg.download and first_missing(_voc2007_folder(root), VOC2007_LAYOUT) is not None:
+        with torchvision_not_found(cfg, VOC2007_LAYOUT):
             for image_set in ("trainval", "test"):  # two archives, both extracted to VOCdevkit/VOC2007
                 VOCDetection(root, year="2007", image_set=image_set, download=True)
     folder = _voc2007_folder(root)
-    _require(cfg, folder, VOC2007_LAYOUT)
+    require(cfg, folder, VOC2007_LAYOUT)
     splits = {s: _voc2007_split(folder, s) for s in ("train", "val", "test")}
     source = _Source(
         name="VOC2007",
@@ -376,10 +335,10 @@ def _voc2007_split(folder: Path, split: str) -> _Split:
 
 
 def _imagefolder(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
-    root = _data_root(cfg, IMAGEFOLDER_LAYOUT)
-    _require(cfg, root, IMAGEFOLDER_LAYOUT)
+    root = data_root(cfg, IMAGEFOLDER_LAYOUT)
+    require(cfg, root, IMAGEFOLDER_LAYOUT)
     names = ("train", "val", "test") if (root / "val").is_dir() else ("train", "test")
-    with _torchvision_not_found(cfg, IMAGEFOLDER_LAYOUT):
+    with torchvision_not_found(cfg, IMAGEFOLDER_LAYOUT):
         folders = {name: ImageFolder(root / name) for name in names}
     classes = folders["train"].classes
     for name, folder in folders.items():
@@ -424,27 +383,13 @@ def _digits(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
     return _assemble(cfg, img_size, seed, source)
 
 
-def _scenes(cfg: DataConfig, img_size: int, seed: int, classes: tuple[str, ...], style: str) -> TaskData:
-    """Embedded scenes (`peft_bench.data.scenes`) labelled with the class of their largest object;
-    splits are disjoint index ranges of one seeded generator, drawn at `data.image_size`."""
-    generator = SceneGenerator(classes, img_size=cfg.image_size or img_size, seed=seed, style=style)
-    sizes = {"train": cfg.train_size or 2000, "val": cfg.val_size or 500, "test": cfg.test_size or 1000}
+def _scenes(cfg: DataConfig, img_size: int, seed: int, **generator_options: Any) -> TaskData:
+    """Embedded scenes (`peft_bench.data.scenes`) labelled with the class of their largest object,
+    drawn at `data.image_size`."""
+    generator = SceneGenerator(img_size=cfg.image_size or img_size, seed=seed, **generator_options)
     evaluation = tensor_transforms(train=False)
     transforms = {"train": tensor_transforms(train=True), "val": evaluation, "test": evaluation}
-    splits = make_splits(SceneClassification, generator, sizes, transforms)
-    if cfg.selection_split == "test":
-        splits["val"] = splits["test"]
-        selection = "test: the generated test split (reference-protocol reproduction)"
-    else:
-        selection = f"val: {sizes['val']} generated scenes disjoint from train and test (seed {seed})"
-    return TaskData(
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-        num_classes=generator.num_classes,
-        class_names=list(generator.classes),
-        selection=selection,
-    )
+    return scene_task_data(cfg, SceneClassification, generator, transforms, (2000, 500, 1000))
 
 
 BUILDERS: dict[str, Builder] = {
@@ -453,8 +398,10 @@ BUILDERS: dict[str, Builder] = {
     "voc2007": _voc2007,
     "imagefolder": _imagefolder,
     "digits": _digits,
-    # The downstream benchmark, and the upstream task that pretrains `backbone.weights=mini`:
-    # disjoint shape vocabularies and different background/texture statistics.
-    "shapes": partial(_scenes, classes=DOWNSTREAM_CLASSES, style="default"),
-    "shapes_upstream": partial(_scenes, classes=UPSTREAM_CLASSES, style="upstream"),
+    # The downstream benchmark (cluttered scenes of several objects), and the upstream task that
+    # pretrains `backbone.weights=mini`: the 22 other shape kinds, one large object per clean scene.
+    "shapes": partial(_scenes, classes=DOWNSTREAM_CLASSES),
+    "shapes_upstream": partial(
+        _scenes, classes=UPSTREAM_CLASSES, style="upstream", max_objects=1, scale=(0.3, 0.45)
+    ),
 }

@@ -10,11 +10,21 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through `write(file)` into a temporary sibling, fsync it, then rename over `path`."""
+    """Write through `write(file)` into a temporary sibling, fsync it, then rename over `path`.
+
+    The file gets the permissions of an ordinary new file (mkstemp's are owner-only).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -1,0 +1,214 @@
+"""Pascal VOC0712 detection: train on VOC2007 + VOC2012 trainval, test on VOC2007 test.
+
+The layout is the devkit's: `<data.root>/VOCdevkit/VOC{2007,2012}/{JPEGImages, Annotations,
+ImageSets/Main}`. VOC2012 is optional: without it the run trains on VOC2007 trainval alone, and the
+model-selection text says so.
+
+Boxes. VOC names the first and last pixel of a box, 1-based: pixels xmin..xmax cover the continuous
+interval [xmin - 1, xmax]. Targets hold that interval, (xmin - 1, ymin - 1, xmax, ymax), as
+detectron2 converts VOC, so that the plain IoU of `peft_bench.metrics.voc_map` equals the devkit's
+IoU with its +1 widths. (mmdet 2.x subtracts 1 from all four sides and computes plain IoU, which
+makes every box one pixel narrower and shorter than the devkit's.)
+
+Difficult objects (`<difficult>1</difficult>`) are left out of the training targets; evaluation
+targets keep them, flagged in a `difficult` bool tensor, for the metric to ignore (the VOC protocol).
+Labels are 1..20 in `VOC_CLASSES` order (0 stays free for torchvision's background convention).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.datasets import VOCDetection
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from peft_bench.config import DataConfig
+from peft_bench.data.base import TaskData
+from peft_bench.data.classification import VOC_CLASSES, stratified_holdout, voc_single_label
+from peft_bench.data.layout import Layout, data_root, require, torchvision_not_found
+from peft_bench.errors import UserError
+
+Target = dict[str, torch.Tensor]
+
+
+def _year_paths(year: str, lists: tuple[str, ...]) -> tuple[str, ...]:
+    """The paths a year's loader opens, relative to VOCdevkit/."""
+    return (
+        f"VOC{year}/JPEGImages",
+        f"VOC{year}/Annotations",
+        *(f"VOC{year}/ImageSets/Main/{s}.txt" for s in lists),
+    )
+
+
+VOC0712_LAYOUT = Layout(
+    required=_year_paths("2007", ("trainval", "test")),
+    tree="<data.root>/VOCdevkit/ (data.root may also be VOCdevkit/ itself) holding VOC2007/ with "
+    "JPEGImages/000001.jpg ..., Annotations/000001.xml ..., ImageSets/Main/trainval.txt and test.txt "
+    "(the test list and images come in the separate VOCtest_06-Nov-2007.tar), and optionally VOC2012/ "
+    "with JPEGImages, Annotations and ImageSets/Main/trainval.txt",
+    downloadable=True,
+)
+VOC2012_LAYOUT = replace(VOC0712_LAYOUT, required=_year_paths("2012", ("trainval",)))
+
+
+@dataclass(frozen=True)
+class VOCImage:
+    """One annotated image: boxes float32 (N, 4) as in the module docstring, labels int64 (N,) in
+    1..20, difficult bool (N,)."""
+
+    path: Path
+    annotation: Path
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+
+
+def parse_annotation(image: Path, annotation: Path) -> VOCImage:
+    try:
+        objects = ET.parse(annotation).getroot().findall("object")
+    except (OSError, ET.ParseError) as error:
+        raise UserError(f"Cannot read the VOC annotation {annotation}: {error}.") from error
+    boxes, labels, difficult = [], [], []
+    for obj in objects:
+        name = (obj.findtext("name") or "").strip()
+        if name not in VOC_CLASSES:
+            raise UserError(f"The VOC annotation {annotation} names {name!r}, which is not a VOC class.")
+        try:
+            xmin, ymin, xmax, ymax = (
+                float(obj.findtext(f"bndbox/{s}")) for s in ("xmin", "ymin", "xmax", "ymax")
+            )
+        except (TypeError, ValueError) as error:
+            raise UserError(f"The VOC annotation {annotation} has an incomplete <bndbox>: {error}.") from None
+        boxes.append((xmin - 1, ymin - 1, xmax, ymax))
+        labels.append(VOC_CLASSES.index(name) + 1)
+        difficult.append((obj.findtext("difficult") or "0").strip() == "1")
+    return VOCImage(
+        path=image,
+        annotation=annotation,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64),
+        difficult=np.asarray(difficult, dtype=bool),
+    )
+
+
+class RandomHorizontalFlip:
+    """Flip an image tensor and its target's xyxy `boxes` together, at probability `p`: torchvision's
+    v2 flip, which moves the boxes with the image; other target entries pass through unchanged."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.transform = v2.Compose([v2.RandomHorizontalFlip(p), v2.ToPureTensor()])
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=tuple(image.shape[-2:]))
+        return self.transform(tv_tensors.Image(image), {**target, "boxes": boxes})
+
+
+def collate_detection(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
+    """Images stay a list (their sizes differ): the detector's transform resizes and batches them."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+class VOCDetectionSplit(Dataset):
+    """(image float (3, H, W) in [0, 1], target). Training: non-difficult `boxes` and `labels`, a random
+    horizontal flip; evaluation: all objects, with their `difficult` flags."""
+
+    def __init__(self, images: list[VOCImage], train: bool) -> None:
+        self.images = images
+        self.flip = RandomHorizontalFlip(0.5) if train else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        record = self.images[index]
+        with Image.open(record.path) as file:
+            image = F.to_dtype(F.pil_to_tensor(file.convert("RGB")), torch.float32, scale=True)
+        if self.flip is None:
+            return image, {
+                "boxes": torch.from_numpy(record.boxes),
+                "labels": torch.from_numpy(record.labels),
+                "difficult": torch.from_numpy(record.difficult),
+            }
+        keep = ~record.difficult
+        target = {
+            "boxes": torch.from_numpy(record.boxes[keep]),
+            "labels": torch.from_numpy(record.labels[keep]),
+        }
+        return self.flip(image, target)
+
+
+def build_voc_data(cfg: DataConfig) -> TaskData:
+    """VOC0712 as `TaskData`. Model selection (`cfg.selection_split`): `val` holds out
+    `cfg.val_fraction` of the trainval images, stratified by class, from `cfg.split_seed`; `test`
+    selects on VOC2007 test, as the reference runs do."""
+    if cfg.selection_split not in ("val", "test"):
+        raise UserError(f"data.selection_split must be 'val' or 'test', got {cfg.selection_split!r}.")
+    devkit = _devkit_folder(data_root(cfg, VOC0712_LAYOUT))
+    if cfg.download:
+        _download(cfg, devkit)
+    require(cfg, devkit, VOC0712_LAYOUT)
+    years = ["2007"]
+    if (devkit / "VOC2012" / "ImageSets" / "Main" / "trainval.txt").exists():
+        require(cfg, devkit, VOC2012_LAYOUT)
+        years.append("2012")
+    trainval = [image for year in years for image in _image_list(devkit / f"VOC{year}", "trainval")]
+    test = VOCDetectionSplit(_image_list(devkit / "VOC2007", "test"), train=False)
+    source = f"VOC{'+'.join(years)} trainval" + (
+        "" if "2012" in years else f" (no VOC2012 at {devkit / 'VOC2012'}: VOC2007 trainval only)"
+    )
+    if cfg.selection_split == "test":
+        train, val = trainval, test
+        selection = (
+            f"test: the reference protocol, which selects on the VOC2007 test split; training on {source}"
+        )
+    else:
+        keys = [voc_single_label(image.annotation) for image in trainval]
+        kept, held = stratified_holdout(keys, cfg.val_fraction, cfg.split_seed)
+        train, val = [trainval[i] for i in kept], VOCDetectionSplit([trainval[i] for i in held], train=False)
+        selection = (
+            f"val: {cfg.val_fraction:.0%} of the {source} images held out, stratified by the class of "
+            f"their largest non-difficult object (seed {cfg.split_seed})"
+        )
+    return TaskData(
+        train=VOCDetectionSplit(train, train=True),
+        val=val,
+        test=test,
+        num_classes=len(VOC_CLASSES),
+        class_names=list(VOC_CLASSES),
+        selection=selection,
+        collate_fn=collate_detection,
+    )
+
+
+def _devkit_folder(root: Path) -> Path:
+    """root/VOCdevkit, or root itself when it already is the devkit folder."""
+    return root if (root / "VOC2007").is_dir() and not (root / "VOCdevkit").is_dir() else root / "VOCdevkit"
+
+
+def _download(cfg: DataConfig, devkit: Path) -> None:
+    """torchvision's three VOC0712 archives, each extracted to VOCdevkit/VOC<year>, where missing."""
+    for year, image_set, layout in (
+        ("2007", "trainval", VOC0712_LAYOUT),
+        ("2007", "test", VOC0712_LAYOUT),
+        ("2012", "trainval", VOC2012_LAYOUT),
+    ):
+        if (devkit / f"VOC{year}" / "ImageSets" / "Main" / f"{image_set}.txt").exists():
+            continue
+        with torchvision_not_found(cfg, layout):
+            VOCDetection(devkit.parent, year=year, image_set=image_set, download=True)
+
+
+def _image_list(folder: Path, split: str) -> list[VOCImage]:
+    ids = (folder / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+    return [
+        parse_annotation(folder / "JPEGImages" / f"{i}.jpg", folder / "Annotations" / f"{i}.xml") for i in ids
+    ]

@@ -1,0 +1,41 @@
+"""Semantic segmentation scores as mmsegmentation's IoUMetric: mIoU, mAcc and aAcc in percent.
+
+Intersections and unions are accumulated over the whole split, not averaged per image: a
+num_classes x num_classes confusion matrix (torchmetrics' bincount on the device), summed across
+DDP ranks at compute. A class whose union is empty (absent from labels and predictions) has no
+IoU and is left out of the mean, as mmseg's nanmean does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+IGNORE_INDEX = 255
+
+
+def segmentation_scores(confmat: torch.Tensor) -> dict[str, float]:
+    """mIoU, mAcc (mean per-class pixel accuracy) and aAcc (all pixels) from a confusion matrix
+    whose rows are labels and columns predictions."""
+    confmat = confmat.double()
+    intersection = confmat.diagonal()
+    label_area, predicted_area = confmat.sum(1), confmat.sum(0)
+    union = label_area + predicted_area - intersection
+    iou = intersection / union  # nan where the union is empty
+    accuracy = intersection / label_area  # nan for a class absent from the labels
+    return {
+        "miou": 100.0 * iou.nanmean().item(),
+        "macc": 100.0 * accuracy.nanmean().item(),
+        "aacc": 100.0 * (intersection.sum() / label_area.sum()).item(),
+    }
+
+
+class SegmentationScores(MulticlassConfusionMatrix):
+    """Accumulates label maps (any shape, integer class ids) against targets, `ignore_index`
+    pixels left out; `compute` syncs across ranks and returns `segmentation_scores`."""
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(num_classes, ignore_index=ignore_index, validate_args=False)
+
+    def compute(self) -> dict[str, float]:  # type: ignore[override]
+        return segmentation_scores(super().compute())

@@ -1,0 +1,303 @@
+"""Cascade R-CNN (Cai & Vasconcelos, 2018) box stages on torchvision's Mask R-CNN RoI heads.
+
+torchvision has no cascade, so `CascadeRoIHeads` replaces a `MaskRCNN`'s `roi_heads`, as mmdet's
+`cascade_mask_rcnn_r50_fpn` config: three stages, each with its own box head, class-agnostic box
+predictor, IoU threshold (0.5, 0.6, 0.7), box coding weights ((10, 10, 5, 5), (20, 20, 10, 10),
+(30, 30, 15, 15)), loss weight (1, 0.5, 0.25) and mask head.
+
+Training: stage 1 samples RoIs from the RPN proposals plus the ground-truth boxes; stage t > 1 from
+the boxes that stage t - 1 regressed from its own sampled RoIs (detached, clipped to the image,
+without those that were ground-truth boxes) plus the ground-truth boxes again, as mmdet does. Each
+stage's mask head learns on the positives of its own stage. Inference: each stage refines the boxes
+of the previous one; the class logits of the three stages are averaged (mmdet averages the raw
+`cls_score`, then applies the softmax), the boxes are the last stage's regression, followed by
+torchvision's per-class score threshold and NMS; the mask probabilities of the three mask heads on
+the final boxes are averaged, as mmdet's cascade merges them.
+
+Deliberate differences from mmdet: torchvision's losses are reused as they are (`fastrcnn_loss`:
+smooth L1 with beta 1/9 where mmdet's cascade uses beta 1; `maskrcnn_loss`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import (
+    RoIHeads,
+    fastrcnn_loss,
+    maskrcnn_inference,
+    maskrcnn_loss,
+)
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import boxes as box_ops
+
+STAGE_IOUS = (0.5, 0.6, 0.7)
+STAGE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
+STAGE_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
+REPRESENTATION = 1024  # the width of the two FC layers of each box head
+
+Boxes = list[torch.Tensor]
+
+
+class AgnosticBoxPredictor(nn.Module):
+    """Class logits (background included) and one box delta per RoI shared by all classes (mmdet's
+    `reg_class_agnostic`): a cascade refines one box per RoI, whatever its class. Initialised as
+    mmdet's `BBoxHead` (normal, std 0.01 for the classifier and 0.001 for the regressor). The outputs
+    are float32 even under autocast: torchvision's `BoxCoder` decodes in the dtype of the deltas, and
+    the next stage's RoIs must not be rounded to bfloat16 (mmdet's `force_fp32` does the same)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes)
+        self.bbox_pred = nn.Linear(in_channels, 4)
+        for layer, std in ((self.cls_score, 0.01), (self.bbox_pred, 0.001)):
+            nn.init.normal_(layer.weight, std=std)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x).float(), self.bbox_pred(x).float()
+
+
+class CascadeStage(nn.Module):
+    """One cascade stage: its heads, the IoU at which its RoIs count as positive, its box coding
+    and the weight of its losses."""
+
+    def __init__(
+        self,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        iou_threshold: float,
+        box_weights: tuple[float, float, float, float],
+        loss_weight: float,
+        mask_head: nn.Module | None = None,
+        mask_predictor: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.mask_head = mask_head
+        self.mask_predictor = mask_predictor
+        # mmdet's MaxIoUAssigner with pos_iou_thr = neg_iou_thr = min_pos_iou = iou_threshold.
+        self.matcher = det_utils.Matcher(iou_threshold, iou_threshold, allow_low_quality_matches=False)
+        self.box_coder = det_utils.BoxCoder(box_weights)
+        self.loss_weight = loss_weight
+
+    def assign(self, rois: Boxes, gt_boxes: Boxes, gt_labels: Boxes) -> tuple[Boxes, Boxes]:
+        """Per image, the matched ground-truth index of each RoI and its label (0: background),
+        by this stage's IoU threshold; an image without objects has background RoIs only."""
+        matched_idxs, labels = [], []
+        for rois_in_image, boxes, classes in zip(rois, gt_boxes, gt_labels, strict=True):
+            if boxes.numel() == 0:
+                matched = torch.zeros(len(rois_in_image), dtype=torch.int64, device=rois_in_image.device)
+                matched_idxs.append(matched)
+                labels.append(torch.zeros_like(matched))
+                continue
+            matches = self.matcher(box_ops.box_iou(boxes, rois_in_image))
+            matched = matches.clamp(min=0)
+            labels.append(torch.where(matches >= 0, classes[matched], 0).to(torch.int64))
+            matched_idxs.append(matched)
+        return matched_idxs, labels
+
+
+class CascadeRoIHeads(RoIHeads):
+    """torchvision's `RoIHeads` run as a cascade of `stages` (see the module docstring).
+
+    The inherited `box_coder` is the last stage's (torchvision's `postprocess_detections` decodes
+    with it) and `proposal_matcher` the first stage's; each stage otherwise uses its own.
+    """
+
+    def __init__(
+        self,
+        box_roi_pool: MultiScaleRoIAlign,
+        stages: Sequence[CascadeStage],
+        mask_roi_pool: MultiScaleRoIAlign | None = None,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ) -> None:
+        with_masks = [s.mask_head is not None and s.mask_predictor is not None for s in stages]
+        if mask_roi_pool is not None and not all(with_masks):
+            raise ValueError("with a mask_roi_pool, every stage needs a mask head and a mask predictor")
+        super().__init__(
+            box_roi_pool,
+            None,
+            None,
+            stages[0].matcher.high_threshold,
+            stages[0].matcher.low_threshold,
+            batch_size_per_image,
+            positive_fraction,
+            stages[-1].box_coder.weights,
+            score_thresh,
+            nms_thresh,
+            detections_per_img,
+            mask_roi_pool=mask_roi_pool,
+        )
+        self.stages = nn.ModuleList(stages)
+        self.proposal_matcher = stages[0].matcher
+        self.box_coder = stages[-1].box_coder
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: Boxes,
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]] | None = None,
+    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are needed in training")
+            return [], self.losses(features, proposals, image_shapes, targets)
+        return self.detect(features, proposals, image_shapes), {}
+
+    # ---- training ----------------------------------------------------------------------------
+    def losses(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: Boxes,
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]],
+    ) -> dict[str, torch.Tensor]:
+        """The weighted losses of every stage, keyed `s<stage>.<loss>` as mmdet logs them."""
+        self.check_targets(targets)
+        losses: dict[str, torch.Tensor] = {}
+        for index, stage in enumerate(self.stages):
+            rois, matched_idxs, labels, regression_targets, from_gt = self.sample(stage, proposals, targets)
+            class_logits, deltas = self.box_outputs(stage, features, rois, image_shapes)
+            num_classes = class_logits.shape[1]
+            # The one agnostic delta, repeated per class, is what fastrcnn_loss picks for any label.
+            loss_cls, loss_box = fastrcnn_loss(
+                class_logits, deltas.repeat(1, num_classes), labels, regression_targets
+            )
+            losses[f"s{index}.loss_classifier"] = stage.loss_weight * loss_cls
+            losses[f"s{index}.loss_box_reg"] = stage.loss_weight * loss_box
+            if self.mask_roi_pool is not None:
+                loss_mask = self.mask_loss(stage, features, rois, matched_idxs, labels, image_shapes, targets)
+                losses[f"s{index}.loss_mask"] = stage.loss_weight * loss_mask
+            if index + 1 < len(self.stages):
+                refined = self.refine(stage, deltas.detach(), rois, image_shapes)
+                proposals = [boxes[~gt] for boxes, gt in zip(refined, from_gt, strict=True)]
+        return losses
+
+    def sample(
+        self, stage: CascadeStage, proposals: Boxes, targets: list[dict[str, torch.Tensor]]
+    ) -> tuple[Boxes, Boxes, Boxes, Boxes, Boxes]:
+        """A stage's training RoIs: `proposals` plus the ground-truth boxes, labelled by the stage's
+        matcher and subsampled by the shared sampler. Returns, per image, the RoIs, their matched
+        ground-truth indices, labels, regression targets (in the stage's box coding) and whether
+        each RoI is a ground-truth box."""
+        dtype = proposals[0].dtype
+        gt_boxes = [t["boxes"].to(dtype) for t in targets]
+        gt_labels = [t["labels"] for t in targets]
+        counts = [len(p) for p in proposals]
+        candidates = self.add_gt_proposals(proposals, gt_boxes)
+        matched_idxs, labels = stage.assign(candidates, gt_boxes, gt_labels)
+        rois, matched, sampled_labels, matched_boxes, from_gt = [], [], [], [], []
+        for i, kept in enumerate(self.subsample(labels)):
+            rois.append(candidates[i][kept])
+            matched.append(matched_idxs[i][kept])
+            sampled_labels.append(labels[i][kept])
+            from_gt.append(kept >= counts[i])
+            boxes = gt_boxes[i] if gt_boxes[i].numel() else gt_boxes[i].new_zeros((1, 4))
+            matched_boxes.append(boxes[matched[-1]])
+        regression_targets = stage.box_coder.encode(matched_boxes, rois)
+        return rois, matched, sampled_labels, list(regression_targets), from_gt
+
+    def mask_loss(
+        self,
+        stage: CascadeStage,
+        features: dict[str, torch.Tensor],
+        rois: Boxes,
+        matched_idxs: Boxes,
+        labels: Boxes,
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]],
+    ) -> torch.Tensor:
+        """torchvision's mask loss of this stage's mask head on this stage's positive RoIs."""
+        positive = [torch.where(label > 0)[0] for label in labels]
+        mask_rois = [r[p] for r, p in zip(rois, positive, strict=True)]
+        mask_matched = [m[p] for m, p in zip(matched_idxs, positive, strict=True)]
+        logits = self.mask_logits(stage, features, mask_rois, image_shapes)
+        gt_masks = [t["masks"] for t in targets]
+        gt_labels = [t["labels"] for t in targets]
+        return maskrcnn_loss(logits, mask_rois, gt_masks, gt_labels, mask_matched)
+
+    # ---- shared ------------------------------------------------------------------------------
+    def box_outputs(
+        self, stage: CascadeStage, features: dict[str, torch.Tensor], rois: Boxes, image_shapes
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class logits (N, classes), agnostic deltas (N, 4)) of a stage for all RoIs of the batch."""
+        return stage.box_predictor(stage.box_head(self.box_roi_pool(features, rois, image_shapes)))
+
+    def mask_logits(
+        self, stage: CascadeStage, features: dict[str, torch.Tensor], rois: Boxes, image_shapes
+    ) -> torch.Tensor:
+        return stage.mask_predictor(stage.mask_head(self.mask_roi_pool(features, rois, image_shapes)))
+
+    @staticmethod
+    def refine(
+        stage: CascadeStage, deltas: torch.Tensor, rois: Boxes, image_shapes: list[tuple[int, int]]
+    ) -> Boxes:
+        """The boxes a stage regresses from its RoIs, clipped to each image: the next stage's RoIs."""
+        boxes = stage.box_coder.decode(deltas, rois).reshape(-1, 4)
+        per_image = boxes.split([len(r) for r in rois])
+        return [box_ops.clip_boxes_to_image(b, s) for b, s in zip(per_image, image_shapes, strict=True)]
+
+    # ---- inference ---------------------------------------------------------------------------
+    def detect(
+        self, features: dict[str, torch.Tensor], proposals: Boxes, image_shapes: list[tuple[int, int]]
+    ) -> list[dict[str, torch.Tensor]]:
+        stage_logits = []
+        rois = proposals
+        for index, stage in enumerate(self.stages):
+            class_logits, deltas = self.box_outputs(stage, features, rois, image_shapes)
+            stage_logits.append(class_logits)
+            if index + 1 < len(self.stages):
+                rois = self.refine(stage, deltas, rois, image_shapes)
+        class_logits = torch.stack(stage_logits).mean(0)
+        boxes, scores, labels = self.postprocess_detections(
+            class_logits, deltas.repeat(1, class_logits.shape[1]), rois, image_shapes
+        )
+        results = [
+            {"boxes": b, "labels": c, "scores": s} for b, s, c in zip(boxes, scores, labels, strict=True)
+        ]
+        if self.mask_roi_pool is not None:
+            per_stage = [
+                maskrcnn_inference(self.mask_logits(stage, features, boxes, image_shapes), labels)
+                for stage in self.stages
+            ]
+            for result, stage_probs in zip(results, zip(*per_stage, strict=True), strict=True):
+                result["masks"] = torch.stack(stage_probs).mean(0)
+        return results
+
+
+def fcn_mask_head(channels: int, num_classes: int) -> tuple[MaskRCNNHeads, MaskRCNNPredictor]:
+    """mmdet's `FCNMaskHead` on 14x14 RoI maps of `channels`: four 3x3 convolutions of `channels`, a
+    deconvolution, and class-specific mask logits (`num_classes` counts the background)."""
+    return MaskRCNNHeads(channels, (channels,) * 4, dilation=1), MaskRCNNPredictor(
+        channels, channels, num_classes
+    )
+
+
+def mmdet_stages(channels: int, num_classes: int, masks: bool = True) -> list[CascadeStage]:
+    """The three stages of mmdet's Cascade Mask R-CNN over `channels`-wide FPN maps: box heads of two
+    shared FC layers of 1024 on 7x7 RoI maps (torchvision's `TwoMLPHead`, mmdet's
+    `Shared2FCBBoxHead`), and `fcn_mask_head`s; `num_classes` counts the background."""
+    return [
+        CascadeStage(
+            TwoMLPHead(channels * 7 * 7, REPRESENTATION),
+            AgnosticBoxPredictor(REPRESENTATION, num_classes),
+            iou,
+            weights,
+            loss_weight,
+            *(fcn_mask_head(channels, num_classes) if masks else (None, None)),
+        )
+        for iou, weights, loss_weight in zip(STAGE_IOUS, STAGE_BOX_WEIGHTS, STAGE_LOSS_WEIGHTS, strict=True)
+    ]

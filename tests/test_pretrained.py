@@ -1,0 +1,65 @@
+"""The shipped offline-pretrained backbone (`backbone.weights=mini`) and the export that makes it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from peft_bench.backbones import build_backbone
+from peft_bench.backbones.swin import build_swin
+from peft_bench.backbones.weights import SHIPPED_WEIGHTS, load_checkpoint
+from peft_bench.config import BackboneConfig, Config, MethodConfig
+from peft_bench.pretrain import export_backbone
+
+
+def test_shipped_checkpoint_matches_its_hash_and_loads() -> None:
+    path = SHIPPED_WEIGHTS["mini"]
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == info["sha256"]
+    assert path.stat().st_size <= 5 * 2**20
+    assert info["command"].startswith("python -m peft_bench.pretrain")
+
+    backbone = build_backbone(BackboneConfig(name="swin_micro", weights="mini"))
+    random = build_swin("swin_micro")
+    assert not torch.equal(
+        backbone.layers[0].blocks[0].attn.qkv.weight, random.layers[0].blocks[0].attn.qkv.weight
+    )
+    features = backbone.eval()(torch.randn(2, 3, 64, 64))
+    assert features.shape == (2, 256) and torch.isfinite(features).all()
+
+
+def test_export_writes_a_timm_checkpoint_of_the_selected_backbone(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    trained = build_swin("swin_micro")
+    run_dir = tmp_path / "runs" / "r0"
+    run_dir.mkdir(parents=True)
+    delta = {f"backbone.{k}": v for k, v in trained.state_dict().items()}
+    delta["head.weight"] = torch.zeros(22, 256)
+    save_file(delta, str(run_dir / "model.safetensors"))
+    record = {
+        "run_id": "r0",
+        "metrics": {"top1": 50.0},
+        "best": {},
+        "steps": 10,
+        "wall_s": 1.0,
+        "versions": {},
+    }
+    cfg = OmegaConf.structured(Config)
+    cfg.method = OmegaConf.structured(MethodConfig(name="full"))
+    cfg.data.name, cfg.paths.results_dir = "shapes_upstream", str(tmp_path)
+
+    output = tmp_path / "out" / "swin_micro-shapes_upstream.safetensors"
+    info = export_backbone(record, cfg, output)
+    assert info["sha256"] == hashlib.sha256(output.read_bytes()).hexdigest()
+    assert json.loads(output.with_suffix(".json").read_text())["upstream"]["test"] == {"top1": 50.0}
+
+    loaded = build_swin("swin_micro")
+    load_checkpoint(loaded, output)
+    x = torch.randn(1, 3, 64, 64)
+    trained.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(x), trained.half().float()(x))  # stored in fp16
