@@ -41,16 +41,23 @@ def selection_formula(method: str, size: str) -> int:
     return 12 * m * m + 13 * m + 169 * h
 
 
-def params_lines(*overrides: str) -> list[dict]:
-    command = [sys.executable, "-m", "peft_bench.params", *overrides]
+def params_lines(*overrides: str, results_dir: str) -> list[dict]:
+    command = [sys.executable, "-m", "peft_bench.params", *overrides, f"paths.results_dir={results_dir}"]
     result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 @pytest.fixture(scope="module")
-def counts() -> dict[tuple[str, str], dict]:
-    lines = params_lines("-m", f"method={','.join(ALL_METHODS)}", "backbone=swin_t,swin_b,swin_l")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("params"))
+
+
+@pytest.fixture(scope="module")
+def counts(sweep_dir: str) -> dict[tuple[str, str], dict]:
+    lines = params_lines(
+        "-m", f"method={','.join(ALL_METHODS)}", "backbone=swin_t,swin_b,swin_l", results_dir=sweep_dir
+    )
     return {(line["method"], line["backbone"]): line for line in lines}
 
 
@@ -79,7 +86,7 @@ def test_counts_follow_the_formulas(counts: dict, size: str) -> None:
     assert counts["full", size]["trainable_percent"] == 100.0
 
 
-def test_mona_percentages_match_the_paper_tables_4_and_5(counts: dict) -> None:
+def test_mona_percentages_match_the_paper_tables_4_and_5(counts: dict, sweep_dir: str) -> None:
     # Table 5: Mona's share of the backbone on Swin-T and Swin-B.
     assert round(counts["mona", "swin_t"]["trainable_percent"], 2) == 4.87
     assert round(counts["mona", "swin_b"]["trainable_percent"], 2) == 4.06
@@ -87,16 +94,20 @@ def test_mona_percentages_match_the_paper_tables_4_and_5(counts: dict) -> None:
     # which no convention reproduces (methods.md); ours is 5,267,712, i.e. 2.63%.
     dims = {
         line["method_options"]["dim"]: line
-        for line in params_lines("-m", "method=mona", "backbone=swin_l", "method.dim=32,64,128")
+        for line in params_lines(
+            "-m", "method=mona", "backbone=swin_l", "method.dim=32,64,128", results_dir=sweep_dir
+        )
     }
     assert round(dims[32]["trainable_percent"], 2) == 1.35
     assert round(dims[128]["trainable_percent"], 2) == 5.22
     assert dims[64]["backbone_trainable"] == 5_267_712
 
 
-def test_dense_tasks_count_the_per_stage_output_norms_as_the_reference() -> None:
+def test_dense_tasks_count_the_per_stage_output_norms_as_the_reference(sweep_dir: str) -> None:
     """methods.md's reference column: BitFit and NormTuning with the four output LayerNorms of the
     dense-task backbone (norm0..norm3) instead of the classifier's single final norm."""
-    lines = params_lines("-m", "method=bitfit,normtuning", "backbone=swin_b", "dataset=voc")
+    lines = params_lines(
+        "-m", "method=bitfit,normtuning", "backbone=swin_b", "dataset=voc", results_dir=sweep_dir
+    )
     counts = {line["method"]: line["backbone_trainable"] for line in lines}
     assert counts == {"bitfit": 201_656, "normtuning": 59_392}
