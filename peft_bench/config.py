@@ -89,6 +89,8 @@ class TrainerConfig:
     # A task recipe's per-method lr multipliers, on top of method.lr_mult: the paper's Table 6
     # trains Mona at 2x the baselines' lr on classification and 5x on ADE20K.
     method_lr_mult: dict[str, float] = field(default_factory=dict)
+    # The lr multiplier of the neck and head, which start from scratch (the backbone keeps 1).
+    head_lr_mult: float = 1.0
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01  # the cosine schedule ends at lr * min_lr_ratio

@@ -17,10 +17,12 @@ from peft_bench.config import Config, MethodConfig
 from peft_bench.engine.checkpoint import trainable_state
 from peft_bench.engine.distributed import ShardSampler
 from peft_bench.engine.optim import parameter_groups, warmup_cosine
-from peft_bench.methods import build_method
+from peft_bench.methods import METHODS, build_method
+from peft_bench.methods.mona import MonaConfig
 from peft_bench.results.atomic import write_atomic, write_json_atomic
 from peft_bench.results.protocol import protocol_hash, run_id_for
 from peft_bench.results.store import load_runs
+from peft_bench.tasks.classification import ClassificationModel
 
 
 def test_warmup_cosine_matches_the_closed_form() -> None:
@@ -44,6 +46,20 @@ def test_no_weight_decay_on_norms_biases_and_position_tables() -> None:
     assert "layers.0.blocks.0.norm1.weight" in no_decay and "layers.0.blocks.0.mlp.fc1.bias" in no_decay
     assert "layers.0.blocks.0.attn.qkv.weight" in decay
     assert len(no_decay) + len(decay) == len(names)
+
+
+def test_head_lr_multiplier_leaves_the_backbone_and_its_method_at_the_base_lr() -> None:
+    backbone = build_swin("swin_micro")
+    METHODS["mona"](MonaConfig(name="mona")).apply(backbone)
+    model = ClassificationModel(backbone, num_classes=5)
+    groups = parameter_groups(model, lr=1e-3, weight_decay=0.05, head_lr_mult=10.0)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(lr_of) == sum(len(g["params"]) for g in groups) == len(trainable)  # each tensor once
+    for name, p in trainable.items():
+        in_backbone = name.startswith("backbone.")
+        assert lr_of[id(p)] == pytest.approx(1e-3 if in_backbone else 1e-2), name
+    assert any(".slots." in n for n in trainable) and "head.weight" in trainable
 
 
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path: Path) -> None:

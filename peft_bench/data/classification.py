@@ -398,9 +398,11 @@ BUILDERS: dict[str, Builder] = {
     "voc2007": _voc2007,
     "imagefolder": _imagefolder,
     "digits": _digits,
-    # The downstream benchmark (cluttered scenes of several objects), and the upstream task that
-    # pretrains `backbone.weights=mini`: the 22 other shape kinds, one large object per clean scene.
+    # The downstream benchmark: cluttered scenes of several objects labelled by the largest (as
+    # VOC2007's single-label protocol), or one large object per cluttered scene; and the upstream
+    # task that pretrains `backbone.weights=mini`: the 22 other shape kinds, one per clean scene.
     "shapes": partial(_scenes, classes=DOWNSTREAM_CLASSES),
+    "shapes_single": partial(_scenes, classes=DOWNSTREAM_CLASSES, max_objects=1, scale=(0.3, 0.45)),
     "shapes_upstream": partial(
         _scenes, classes=UPSTREAM_CLASSES, style="upstream", max_objects=1, scale=(0.3, 0.45)
     ),

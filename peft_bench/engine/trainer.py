@@ -136,6 +136,11 @@ class Trainer:
     def fit(self, model: TaskModel, data: TaskData, evaluator: Evaluator, main_metric: str) -> FitResult:
         cfg = self.cfg
         model.to(self.device)
+        if self.info.distributed and self.device.type == "cuda":
+            # As mmdet and mmseg train their heads: per-GPU batches of 1-2 images leave BatchNorm's
+            # batch statistics noisy, and undefined on UperNet's 1x1 pooled map. (CUDA only:
+            # SyncBatchNorm has no CPU kernels.) The parameters and state-dict keys stay the same.
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)
         train_loader = self._train_loader(data.train, data.collate_fn)
         val_loader = self._eval_loader(data.val, data.collate_fn)
         steps_per_epoch = len(train_loader)
@@ -148,7 +153,7 @@ class Trainer:
         stop_step = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
         warmup_steps = min(total_steps - 1, round(cfg.warmup_epochs * steps_per_epoch))
 
-        optimizer = build_optimizer(model, cfg.lr * self.lr_mult, cfg.weight_decay)
+        optimizer = build_optimizer(model, cfg.lr * self.lr_mult, cfg.weight_decay, cfg.head_lr_mult)
         scheduler = build_scheduler(optimizer, total_steps, max(warmup_steps, 0), cfg.min_lr_ratio)
         use_scaler = self.device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)

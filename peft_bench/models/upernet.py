@@ -3,8 +3,8 @@
 Layer for layer as mmseg's `upernet_swin` config: a pyramid pooling module (scales 1, 2, 3, 6) on
 the last map, 1x1 laterals with top-down fusion, 3x3 FPN convs, every level upsampled to the
 first (stride 4) and fused by a 3x3 conv. A ConvModule is conv (no bias) + BatchNorm + ReLU with
-mmcv's init; mmseg uses SyncBN on GPUs, which plain BatchNorm becomes under DDP only if the
-trainer converts it. Resizes are bilinear with align_corners=False, as mmseg's.
+mmcv's init; mmseg uses SyncBN on GPUs, which the trainer converts BatchNorm to under DDP on
+CUDA. Resizes are bilinear with align_corners=False, as mmseg's.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ PROFILES = {
             # drop path of 0.2, as that file says.
             "2": (
                 Part(
-                    ("dataset=ade20k", "trainer=ade20k_seg", "backbone.drop_path_rate=0.3"),
+                    ("dataset=ade20k", "backbone.drop_path_rate=0.3"),
                     {"method=mona": ("backbone.drop_path_rate=0.2",)},
                 ),
             ),
@@ -49,8 +49,9 @@ PROFILES = {
             "shapes_inst": "coco",
             "shapes_det": "voc",
             "shapes_seg": "ade20k",
-            "shapes": "flowers102",
+            "shapes_single": "flowers102",
             "digits": "pets",
+            "shapes": "voc2007",
         },
     ),
 }
