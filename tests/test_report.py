@@ -129,6 +129,18 @@ def test_one_protocol_is_one_cell_across_presets() -> None:
     assert dim64 == next(c.protocol for c in PAPER.cells("5", ("backbone=swin_l", "method=mona")))
 
 
+def test_mini_detection_presets_share_table2_minis_cells() -> None:
+    """The mini Tables 4 and 5 and Figure 5 run on shapes_det at its recipe: Table 2's runs fill them,
+    but for Table 4's two other dims."""
+    mini = profile("mini")
+    table2 = {c.protocol for c in mini.cells("2")}
+    assert {c.protocol for c in mini.cells("5")} | {c.protocol for c in mini.cells("fig5")} <= table2
+    dims = {c.cfg.method.dim: c.protocol in table2 for c in mini.cells("4")}
+    assert dims == {32: False, 64: True, 128: False}
+    datasets = [c.cfg.data.name for c in mini.cells("2")]
+    assert datasets == ["shapes_det"] * 10 + ["shapes_seg"] * 10
+
+
 def test_empty_store_cells_are_missing(tmp_path: Path) -> None:
     assert cell_runs(load_runs(tmp_path), "0123456789ab").status == "missing"
 
