@@ -25,7 +25,7 @@ def cli_env() -> dict[str, str]:
 
 def run_cli(*overrides: str, results_dir: Path, module: str = "peft_bench", timeout: int = 600):
     """Run `python -m <module> <overrides>` writing into `results_dir`; return the process. (Hydra's
-    flags such as `-m` lead the overrides: they cannot follow an override.)"""
+    flags, `-m` or `--cfg job`, come first: its command line takes the overrides in one run.)"""
     command = [sys.executable, "-m", module, *overrides, f"paths.results_dir={results_dir}"]
     return subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
 

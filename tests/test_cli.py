@@ -104,7 +104,7 @@ def test_misspelt_key_fails_at_start_up_with_its_name(results_dir: Path) -> None
 
 
 def test_cfg_job_prints_the_resolved_config(results_dir: Path) -> None:
-    result = run_cli("method=fixed", "--cfg", "job", results_dir=results_dir, timeout=60)
+    result = run_cli("--cfg", "job", "method=fixed", results_dir=results_dir, timeout=60)
     assert result.returncode == 0
     assert "name: fixed" in result.stdout and "trainer:" in result.stdout
 
