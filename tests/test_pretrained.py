@@ -6,31 +6,33 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from peft_bench.backbones import build_backbone
-from peft_bench.backbones.swin import build_swin
+from peft_bench.backbones.swin import SWIN_SPECS, build_swin
 from peft_bench.backbones.weights import SHIPPED_WEIGHTS, load_checkpoint
 from peft_bench.config import BackboneConfig, Config, MethodConfig
 from peft_bench.pretrain import export_backbone
 
 
-def test_shipped_checkpoint_matches_its_hash_and_loads() -> None:
-    path = SHIPPED_WEIGHTS["mini"]
+@pytest.mark.parametrize("size", sorted(SHIPPED_WEIGHTS["mini"]))
+def test_shipped_checkpoint_matches_its_hash_and_loads(size: str) -> None:
+    path = SHIPPED_WEIGHTS["mini"][size]
     info = json.loads(path.with_suffix(".json").read_text())
     assert hashlib.sha256(path.read_bytes()).hexdigest() == info["sha256"]
     assert path.stat().st_size <= 5 * 2**20
-    assert info["command"].startswith("python -m peft_bench.pretrain")
+    assert info["command"].startswith("python -m peft_bench.pretrain") and info["backbone"] == size
 
-    backbone = build_backbone(BackboneConfig(name="swin_micro", weights="mini"))
-    random = build_swin("swin_micro")
+    backbone = build_backbone(BackboneConfig(name=size, weights="mini"))
+    random = build_swin(size)
     assert not torch.equal(
         backbone.layers[0].blocks[0].attn.qkv.weight, random.layers[0].blocks[0].attn.qkv.weight
     )
     features = backbone.eval()(torch.randn(2, 3, 64, 64))
-    assert features.shape == (2, 256) and torch.isfinite(features).all()
+    assert features.shape == (2, SWIN_SPECS[size].stage_dims[-1]) and torch.isfinite(features).all()
 
 
 def test_export_writes_a_timm_checkpoint_of_the_selected_backbone(tmp_path: Path) -> None:

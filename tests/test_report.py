@@ -131,10 +131,15 @@ def test_one_protocol_is_one_cell_across_presets() -> None:
 
 def test_mini_detection_presets_share_table2_minis_cells() -> None:
     """The mini Tables 4 and 5 and Figure 5 run on shapes_det at its recipe: Table 2's runs fill them,
-    but for Table 4's two other dims."""
+    but for Table 4's two other dims and Table 5's other size."""
     mini = profile("mini")
     table2 = {c.protocol for c in mini.cells("2")}
-    assert {c.protocol for c in mini.cells("5")} | {c.protocol for c in mini.cells("fig5")} <= table2
+    assert {c.protocol for c in mini.cells("fig5")} <= table2
+    sizes = {(c.cfg.backbone.name, c.cfg.method.name): c.protocol in table2 for c in mini.cells("5")}
+    assert sizes == {("swin_nano", "full"): False, ("swin_nano", "mona"): False} | {
+        ("swin_micro", "full"): True,
+        ("swin_micro", "mona"): True,
+    }
     dims = {c.cfg.method.dim: c.protocol in table2 for c in mini.cells("4")}
     assert dims == {32: False, 64: True, 128: False}
     datasets = [c.cfg.data.name for c in mini.cells("2")]

@@ -146,8 +146,13 @@ def test_a_checkpoint_of_another_window_size_loads(tmp_path: Path) -> None:
 def test_a_shipped_name_loads_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saved = _random_micro(seed=0)
     torch.save(saved.state_dict(), tmp_path / "mini.pth")
-    monkeypatch.setitem(weights.SHIPPED_WEIGHTS, "mini", tmp_path / "mini.pth")
+    monkeypatch.setitem(weights.SHIPPED_WEIGHTS, "mini", {"swin_micro": tmp_path / "mini.pth"})
     _assert_same_function(saved, _load("mini"))
+
+
+def test_a_shipped_name_without_a_file_for_the_size_lists_the_sizes() -> None:
+    with pytest.raises(UserError, match=r"weights=mini is shipped for swin_nano, swin_micro, not swin_t"):
+        build_backbone(BackboneConfig(name="swin_t", weights="mini"))
 
 
 def test_load_checkpoint_describes_what_it_loaded(tmp_path: Path) -> None:
@@ -196,7 +201,7 @@ def test_a_file_without_a_state_dict_fails_clearly(content: object, complaint: s
 
 
 def test_an_unknown_weights_value_lists_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(weights.SHIPPED_WEIGHTS, "mini", Path("mini.pth"))
+    monkeypatch.setitem(weights.SHIPPED_WEIGHTS, "mini", {"swin_micro": Path("mini.pth")})
     with pytest.raises(UserError) as error:
         _load("imagenet")
     message = str(error.value)
@@ -204,7 +209,7 @@ def test_an_unknown_weights_value_lists_the_options(monkeypatch: pytest.MonkeyPa
 
 
 def test_an_unknown_backbone_name_lists_the_sizes() -> None:
-    with pytest.raises(UserError, match="swin_t, swin_s, swin_b, swin_l, swin_micro"):
+    with pytest.raises(UserError, match="swin_t, swin_s, swin_b, swin_l, swin_nano, swin_micro"):
         build_backbone(BackboneConfig(name="swin_xl"))
 
 

@@ -29,11 +29,16 @@ from peft_bench.errors import UserError
 IN22K, NONE = "in22k", "none"
 TIMM, MICROSOFT, OPENMMLAB = "timm", "Microsoft", "OpenMMLab"
 
-# Short names of checkpoints shipped with the package: `backbone.weights=<name>`. `mini` is
-# swin_micro pretrained offline on the embedded upstream task (`python -m peft_bench.pretrain`;
-# its sidecar JSON holds the command, the config, the upstream metrics and the SHA-256).
+# Short names of checkpoints shipped with the package, per backbone: `backbone.weights=<name>`.
+# `mini` is the size's own pretraining on the embedded upstream task (`python -m peft_bench.pretrain
+# backbone=<size>`; each sidecar JSON holds the command, the config, the upstream metrics and the
+# SHA-256).
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-SHIPPED_WEIGHTS: dict[str, Path] = {"mini": PRETRAINED_DIR / "swin_micro-shapes_upstream.safetensors"}
+SHIPPED_WEIGHTS: dict[str, dict[str, Path]] = {
+    "mini": {
+        size: PRETRAINED_DIR / f"{size}-shapes_upstream.safetensors" for size in ("swin_nano", "swin_micro")
+    }
+}
 
 # (Microsoft/timm, OpenMMLab) name pieces: at the start of a key, then anywhere in it.
 _PREFIXES = (("layers.", "stages."), ("norm.", "norm3."), ("patch_embed.proj.", "patch_embed.projection."))
@@ -57,7 +62,12 @@ def resolve_weights(name: str, weights: str) -> str | Path:
         )
     if weights in (IN22K, NONE):
         return weights
-    path = SHIPPED_WEIGHTS.get(weights) or Path(weights).expanduser()
+    if weights in SHIPPED_WEIGHTS and name not in SHIPPED_WEIGHTS[weights]:
+        raise UserError(
+            f"backbone.weights={weights} is shipped for {', '.join(SHIPPED_WEIGHTS[weights])}, not {name}: "
+            f"use one of those sizes, {IN22K}, {NONE} or a path to a checkpoint file"
+        )
+    path = SHIPPED_WEIGHTS[weights][name] if weights in SHIPPED_WEIGHTS else Path(weights).expanduser()
     if path.is_file():
         return path
     if weights in SHIPPED_WEIGHTS or path.suffix or len(path.parts) > 1:

@@ -23,6 +23,7 @@ NAMES = {
     "pets": "OxfordPets",
     "voc2007": "VOC2007",
     # backbones
+    "swin_nano": "Swin-nano",
     "swin_micro": "Swin-micro",
     "swin_t": "Swin-T",
     "swin_s": "Swin-S",
