@@ -62,6 +62,7 @@ def test_table3_mini_sweep_runs_once_reruns_failed_cells_and_reports(results_dir
     measured = table.entries[table.entries["kind"] == "metric"]
     assert len(measured) == 60 and (measured["status"] == "ok").all()  # top-1 and top-5 of 30 cells
     assert measured["paper"].notna().all()  # each embedded dataset sits beside its paper column
+    assert {"shapes_single (Flowers102) top-1", "digits (OxfordPets) top-1"} <= set(measured["column"])
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,11 @@ class Entries:
         self.target, self.runs, self.paper = target, runs, paper
         self.rows: list[dict[str, Any]] = []
 
+    def dataset_label(self, dataset: str) -> str:
+        """The dataset's name, with the paper's dataset it stands for where the profile maps one."""
+        paper = self.paper.paper_datasets.get(dataset)
+        return f"{label(dataset)} ({label(paper)})" if paper else label(dataset)
+
     def paper_value(self, metric: str, **keys: object) -> float:
         return self.paper.value(self.target, metric, **keys)
 
@@ -132,7 +137,7 @@ def methods_table(
         for cell in mine:
             dataset = cell.cfg.data.name
             for metric in TASK_METRICS[cell.cfg.data.task]:
-                column = f"{label(dataset)} {label(metric)}"
+                column = f"{entries.dataset_label(dataset)} {label(metric)}"
                 entries.measured(row, column, cell, metric, dataset=dataset, method=method)
                 if delta and dataset in fulls:
                     delta_to_full(entries, row, column, cell, fulls[dataset], metric)
