@@ -203,6 +203,17 @@ def test_figure5_written_with_missing_methods_named(store: Path, tmp_path: Path)
     assert warnings == ["fig5: no completed run for LoRA (missing)"]
 
 
+def test_committed_mini_results_regenerate_from_their_records(tmp_path: Path) -> None:
+    """results/mini holds the offline mini benchmark's tables and the records they came from. A change
+    of any protocol (a config default, a recipe) orphans those records: re-run the mini sweeps."""
+    committed = REPO / "results" / "mini"
+    assert main(["profile=mini", f"results_dir={committed / 'store'}", f"out_dir={tmp_path}"]) == 0
+    for n in range(1, 6):
+        assert (tmp_path / f"table{n}.md").read_text() == (committed / f"table{n}.md").read_text()
+        statuses = set(pd.read_csv(committed / f"table{n}.csv", keep_default_na=False)["status"])
+        assert statuses <= {"ok", "n/a"}, (n, statuses)  # every cell measured
+
+
 def test_unknown_table_is_a_one_line_error(capsys: pytest.CaptureFixture) -> None:
     assert main(["table=9"]) == 2
     err = capsys.readouterr().err
