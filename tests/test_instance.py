@@ -24,8 +24,9 @@ from torchvision.ops import MultiScaleRoIAlign
 from peft_bench.accounting import trainable_manifest
 from peft_bench.backbones.swin import build_swin
 from peft_bench.config import Config, DataConfig, HeadConfig
-from peft_bench.data.coco import RandomFlip, build_scene_instance_data
+from peft_bench.data.coco import build_scene_instance_data
 from peft_bench.data.scenes import tight_boxes
+from peft_bench.data.targets import RandomFlip
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
 from peft_bench.models.cascade import STAGE_BOX_WEIGHTS, CascadeRoIHeads, CascadeStage, mmdet_stages

@@ -16,7 +16,8 @@ from torch import nn
 from peft_bench.accounting import trainable_manifest
 from peft_bench.backbones.swin import build_swin
 from peft_bench.config import Config, DataConfig, HeadConfig, MethodConfig
-from peft_bench.data.ade20k import ADE20K_CLASSES, collate_segmentation
+from peft_bench.data.ade20k import ADE20K_CLASSES
+from peft_bench.data.base import collate_lists
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
 from peft_bench.metrics.miou import SegmentationScores
@@ -185,13 +186,13 @@ def test_ade20k_training_step_and_prediction(ade_root: Path) -> None:
     cfg = ade20k_config(ade_root, image_size=32)
     data = task.build_data(cfg)
     model = task.build_model(micro_swin(), data, cfg)
-    images, labels = collate_segmentation([data.train[0], data.train[1]])
+    images, labels = collate_lists([data.train[0], data.train[1]])
     loss = model(images, labels)
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
 
     model.eval()
-    images, labels = collate_segmentation([data.test[0], data.test[1]])
+    images, labels = collate_lists([data.test[0], data.test[1]])
     with torch.no_grad():
         predictions = model.predict(images)
     assert [p.shape for p in predictions] == [(150, 24, 30)] * 2
@@ -276,7 +277,7 @@ def test_shapes_seg_keeps_the_background_as_a_class() -> None:
     )
     data = SemanticSegmentationTask().build_data(cfg)
     assert data.num_classes == 11 and data.class_names[0] == "background"
-    images, labels = collate_segmentation([data.train[i] for i in range(4)])
+    images, labels = collate_lists([data.train[i] for i in range(4)])
     assert [tuple(i.shape) for i in images] == [(3, 32, 32)] * 4
     assert all(label.max() <= 10 and (label == 0).any() for label in labels)
     with pytest.raises(UserError, match=r"head\.inference"):

@@ -32,11 +32,13 @@ TIMM, MICROSOFT, OPENMMLAB = "timm", "Microsoft", "OpenMMLab"
 # Short names of checkpoints shipped with the package, per backbone: `backbone.weights=<name>`.
 # `mini` is the size's own pretraining on the embedded upstream task (`python -m peft_bench.pretrain
 # backbone=<size>`; each sidecar JSON holds the command, the config, the upstream metrics and the
-# SHA-256).
+# SHA-256), shipped for the sizes that have no hub weights.
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 SHIPPED_WEIGHTS: dict[str, dict[str, Path]] = {
     "mini": {
-        size: PRETRAINED_DIR / f"{size}-shapes_upstream.safetensors" for size in ("swin_nano", "swin_micro")
+        size: PRETRAINED_DIR / f"{size}-shapes_upstream.safetensors"
+        for size, spec in SWIN_SPECS.items()
+        if spec.hub_tag is None
     }
 }
 

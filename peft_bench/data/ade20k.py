@@ -33,7 +33,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from peft_bench.config import DataConfig
-from peft_bench.data.base import TaskData
+from peft_bench.data.base import TaskData, collate_lists
 from peft_bench.data.classification import stratified_holdout
 from peft_bench.data.layout import Layout, data_root, require
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -184,16 +184,6 @@ class FlipNormalise:
         return normalise(image), label
 
 
-def collate_segmentation(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list, list]:
-    """Lists of images and of label maps: evaluation images differ in size (the model pads them)."""
-    images, labels = zip(*batch, strict=True)
-    return list(images), list(labels)
-
-
-# ---------------------------------------------------------------------------------------------
-# The dataset.
-
-
 def reduce_zero_label(label: torch.Tensor) -> torch.Tensor:
     """uint8 ADE20K labels: 0 ("other") -> 255 (ignored), k -> k - 1."""
     return torch.where(label == 0, IGNORE_INDEX, label - 1).to(torch.uint8)
@@ -274,5 +264,5 @@ def build_ade20k_data(cfg: DataConfig, scale: tuple[int, int], crop: int) -> Tas
         num_classes=len(ADE20K_CLASSES),
         class_names=list(ADE20K_CLASSES),
         selection=selection,
-        collate_fn=collate_segmentation,
+        collate_fn=collate_lists,
     )

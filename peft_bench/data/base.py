@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -19,3 +20,10 @@ class TaskData:
     class_names: list[str]
     selection: str  # in words: which split selects the model, and where that split comes from
     collate_fn: Callable | None = None
+
+
+def collate_lists(batch: Sequence[tuple[Any, Any]]) -> tuple[list, list]:
+    """(list of images, list of targets) for the dense tasks: images differ in size, and the model
+    resizes, pads and batches them itself."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)

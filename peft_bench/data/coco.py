@@ -27,20 +27,18 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 from torchvision.ops import box_convert
-from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from peft_bench.config import DataConfig
-from peft_bench.data.base import TaskData
+from peft_bench.data.base import TaskData, collate_lists
 from peft_bench.data.classification import stratified_holdout
 from peft_bench.data.embedded import scene_task_data
 from peft_bench.data.layout import Layout, data_root, not_found, require
 from peft_bench.data.scenes import DOWNSTREAM_CLASSES, SceneDetection, SceneGenerator
+from peft_bench.data.targets import RandomFlip, Target
 from peft_bench.errors import UserError
 
-Target = dict[str, torch.Tensor]
 Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
 
 COCO_LAYOUT = Layout(
@@ -55,29 +53,6 @@ COCO_LAYOUT = Layout(
     "train and val images and the 2017 train/val annotations of cocodataset.org, unzipped into data.root)",
     downloadable=False,
 )
-
-
-def collate(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
-    """(list of images, list of targets): images differ in size, the detector batches them itself."""
-    images, targets = zip(*batch, strict=True)
-    return list(images), list(targets)
-
-
-class RandomFlip:
-    """Horizontal flip of an image with its boxes and masks, with probability `p` (torchvision's v2
-    transform on the target's boxes and masks; other target keys pass through)."""
-
-    def __init__(self, p: float = 0.5) -> None:
-        self.transform = v2.Compose([v2.RandomHorizontalFlip(p), v2.ToPureTensor()])
-
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        size = tuple(image.shape[-2:])
-        wrapped = {
-            **target,
-            "boxes": tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=size),
-            "masks": tv_tensors.Mask(target["masks"]),
-        }
-        return self.transform(tv_tensors.Image(image), wrapped)
 
 
 class CocoInstances(Dataset):
@@ -170,7 +145,7 @@ def build_coco_data(cfg: DataConfig) -> TaskData:
         num_classes=len(category_ids),
         class_names=names,
         selection=selection,
-        collate_fn=collate,
+        collate_fn=collate_lists,
     )
 
 
@@ -188,4 +163,6 @@ def build_scene_instance_data(cfg: DataConfig, image_size: int) -> TaskData:
     """The embedded scenes (`peft_bench.data.scenes`) of the ten downstream shape kinds with their
     instance masks, generated at `image_size`."""
     generator = SceneGenerator(DOWNSTREAM_CLASSES, img_size=image_size, seed=cfg.split_seed)
-    return scene_task_data(cfg, SceneDetection, generator, {"train": RandomFlip()}, (1000, 200, 200), collate)
+    return scene_task_data(
+        cfg, SceneDetection, generator, {"train": RandomFlip()}, (1000, 200, 200), collate_lists
+    )

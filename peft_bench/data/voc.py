@@ -25,18 +25,15 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 from torchvision.datasets import VOCDetection
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from peft_bench.config import DataConfig
-from peft_bench.data.base import TaskData
+from peft_bench.data.base import TaskData, collate_lists
 from peft_bench.data.classification import VOC_CLASSES, stratified_holdout, voc_single_label
 from peft_bench.data.layout import Layout, data_root, require, torchvision_not_found
+from peft_bench.data.targets import RandomFlip, Target
 from peft_bench.errors import UserError
-
-Target = dict[str, torch.Tensor]
 
 
 def _year_paths(year: str, lists: tuple[str, ...]) -> tuple[str, ...]:
@@ -99,31 +96,13 @@ def parse_annotation(image: Path, annotation: Path) -> VOCImage:
     )
 
 
-class RandomHorizontalFlip:
-    """Flip an image tensor and its target's xyxy `boxes` together, at probability `p`: torchvision's
-    v2 flip, which moves the boxes with the image; other target entries pass through unchanged."""
-
-    def __init__(self, p: float = 0.5) -> None:
-        self.transform = v2.Compose([v2.RandomHorizontalFlip(p), v2.ToPureTensor()])
-
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=tuple(image.shape[-2:]))
-        return self.transform(tv_tensors.Image(image), {**target, "boxes": boxes})
-
-
-def collate_detection(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
-    """Images stay a list (their sizes differ): the detector's transform resizes and batches them."""
-    images, targets = zip(*batch, strict=True)
-    return list(images), list(targets)
-
-
 class VOCDetectionSplit(Dataset):
     """(image float (3, H, W) in [0, 1], target). Training: non-difficult `boxes` and `labels`, a random
     horizontal flip; evaluation: all objects, with their `difficult` flags."""
 
     def __init__(self, images: list[VOCImage], train: bool) -> None:
         self.images = images
-        self.flip = RandomHorizontalFlip(0.5) if train else None
+        self.flip = RandomFlip(0.5) if train else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -185,7 +164,7 @@ def build_voc_data(cfg: DataConfig) -> TaskData:
         num_classes=len(VOC_CLASSES),
         class_names=list(VOC_CLASSES),
         selection=selection,
-        collate_fn=collate_detection,
+        collate_fn=collate_lists,
     )
 
 

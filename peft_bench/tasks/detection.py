@@ -27,10 +27,12 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from peft_bench.backbones.swin import SwinBackbone
 from peft_bench.config import Config, DataConfig, HeadConfig
+from peft_bench.data.base import collate_lists
 from peft_bench.data.embedded import scene_task_data
 from peft_bench.data.scenes import DOWNSTREAM_CLASSES, SceneDetection, SceneGenerator
+from peft_bench.data.targets import RandomFlip, Target
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from peft_bench.data.voc import RandomHorizontalFlip, Target, build_voc_data, collate_detection
+from peft_bench.data.voc import build_voc_data
 from peft_bench.errors import UserError
 from peft_bench.metrics.voc_map import Detections, GroundTruth, voc_map
 from peft_bench.tasks.base import Task, TaskData, TaskModel
@@ -153,7 +155,7 @@ class SceneBoxes:
     """The detection view of a scene: its boxes and labels (masks dropped), flipped at random in training."""
 
     def __init__(self, train: bool) -> None:
-        self.flip = RandomHorizontalFlip(0.5) if train else None
+        self.flip = RandomFlip(0.5) if train else None
 
     def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
         boxes = {"boxes": target["boxes"], "labels": target["labels"]}
@@ -168,7 +170,7 @@ def build_scene_detection_data(cfg: DataConfig, image_size: int) -> TaskData:
         "val": SceneBoxes(train=False),
         "test": SceneBoxes(train=False),
     }
-    return scene_task_data(cfg, SceneDetection, generator, transforms, (2000, 300, 500), collate_detection)
+    return scene_task_data(cfg, SceneDetection, generator, transforms, (2000, 300, 500), collate_lists)
 
 
 class DetectionTask(Task):

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from peft_bench.backbones.swin import SWIN_SPECS, SwinBackbone
 from peft_bench.config import Config
-from peft_bench.data.ade20k import ADE20K_CROP, FlipNormalise, build_ade20k_data, collate_segmentation
-from peft_bench.data.base import TaskData
+from peft_bench.data.ade20k import ADE20K_CROP, FlipNormalise, build_ade20k_data
+from peft_bench.data.base import TaskData, collate_lists
 from peft_bench.data.embedded import scene_task_data
 from peft_bench.data.scenes import DOWNSTREAM_CLASSES, SceneGenerator, SceneSegmentation
 from peft_bench.errors import UserError
@@ -183,7 +183,7 @@ def build_scene_segmentation(cfg: Config) -> TaskData:
     evaluation = FlipNormalise(train=False)
     transforms = {"train": FlipNormalise(train=True), "val": evaluation, "test": evaluation}
     return scene_task_data(
-        cfg.data, SceneSegmentation, generator, transforms, (1000, 200, 200), collate_segmentation, True
+        cfg.data, SceneSegmentation, generator, transforms, (1000, 200, 200), collate_lists, True
     )
 
 
