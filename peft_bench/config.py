@@ -8,9 +8,59 @@ with the key named. Each method registers its own schema (a subclass of `MethodC
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+class Selection(str, Enum):
+    """Which split selects the model, and so which checkpoint a run reports (`conf/protocol`)."""
+
+    val = "val"  # the harness's protocol: a held-out (or official) val split; the best checkpoint on it
+    test = "test"  # the test split itself selects the best checkpoint: optimistic, kept for comparison
+    none = "none"  # the paper's protocol: the whole training split trains; the last checkpoint
+
+
+class Schedule(str, Enum):
+    """The learning-rate policy (`peft_bench.engine.schedules`)."""
+
+    warmup_cosine = "warmup_cosine"  # the harness's: a linear ramp, then cosine over the remaining steps
+    cosine = "cosine"  # mmcv's CosineAnnealing by iteration over the whole run, to lr * min_lr_ratio
+    step = "step"  # mmcv's step policy: x gamma at each epoch of `steps`
+    poly = "poly"  # mmcv's poly policy by iteration, with `power`, to lr * min_lr_ratio
+
+
+class Warmup(str, Enum):
+    """mmcv's warm-up, which multiplies the policy's regular rate (cosine, step and poly)."""
+
+    linear = "linear"
+    constant = "constant"
+    exp = "exp"
+    none = "none"
+
+
+class NoDecay(str, Enum):
+    """A rule that exempts parameters from weight decay (`peft_bench.engine.optim`)."""
+
+    vectors = "vectors"  # every tensor of at most one dimension: norms, biases, scales (the harness's)
+    layer_norms = "layer_norms"  # LayerNorm weights and biases (mmcv's norm_decay_mult=0, custom key 'norm')
+    biases = "biases"  # every bias (mmcv's bias_decay_mult=0)
+    position_tables = "position_tables"  # relative position bias tables, absolute position embeddings
+
+
+class MethodInit(str, Enum):
+    """How a method's new Linear layers start."""
+
+    reference = "reference"  # as the Mona authors' backbones: trunc-normal (std 0.02), zero bias
+    original = "original"  # as the method's own authors wrote it
+
+
+class HeadInit(str, Enum):
+    """How a linear classification head starts."""
+
+    trunc_normal = "trunc_normal"  # std 0.02, zero bias: Swin's `_init_weights`
+    normal = "normal"  # std 0.01, zero bias: mmcls's LinearClsHead, the reference's head
 
 
 @dataclass
@@ -43,9 +93,10 @@ class DataConfig:
     task: str = "classification"
     root: str | None = None  # the dataset's root folder (real datasets)
     download: bool = False  # let torchvision download into `root` (connected machines only)
-    # Model selection: `val` holds out part of the training data (or uses an official val split);
-    # `test` reproduces the reference classification runs, which select on the test list.
-    selection_split: str = "val"
+    # Model selection (set by `protocol=harness|paper`): `val` holds out part of the training data (or
+    # uses an official val split) and reports the best checkpoint on it; `none` trains on the whole
+    # training split and reports the last checkpoint; `test` selects on the test split (optimistic).
+    selection_split: Selection = Selection.val
     val_fraction: float = 0.1  # held out from the training split when there is no official val
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -78,6 +129,7 @@ class HeadConfig:
     inference: str = "whole"  # semantic segmentation: whole | slide
     slide_crop: int = 512  # sliding-window inference: window side and stride
     slide_stride: int = 341
+    init: HeadInit = HeadInit.trunc_normal  # the linear classification head's init
 
 
 @dataclass
@@ -92,8 +144,18 @@ class TrainerConfig:
     # The lr multiplier of the neck and head, which start from scratch (the backbone keeps 1).
     head_lr_mult: float = 1.0
     weight_decay: float = 0.05
+    # Tensors without weight decay, by rule: mmcv's paramwise settings of each reference config.
+    no_decay: list[NoDecay] = field(default_factory=lambda: [NoDecay.vectors, NoDecay.position_tables])
+    schedule: Schedule = Schedule.warmup_cosine
+    # The warm-up's length: warmup_iters optimiser steps, or (when null) warmup_epochs epochs.
     warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01  # the cosine schedule ends at lr * min_lr_ratio
+    warmup_iters: int | None = None
+    warmup: Warmup = Warmup.linear  # the mmcv policies' warm-up (warmup_cosine has its own ramp)
+    warmup_ratio: float = 0.0  # mmcv's: the warm-up starts at lr * warmup_ratio
+    min_lr_ratio: float = 0.01  # warmup_cosine, cosine and poly end at lr * min_lr_ratio
+    steps: list[int] = field(default_factory=list)  # step: the epochs after which the lr is x gamma
+    gamma: float = 0.1
+    power: float = 1.0  # poly
     clip_grad_norm: float | None = 5.0
     label_smoothing: float = 0.0
     amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on the CPU

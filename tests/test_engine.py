@@ -16,7 +16,8 @@ from peft_bench.backbones.swin import build_swin
 from peft_bench.config import Config, MethodConfig
 from peft_bench.engine.checkpoint import trainable_state
 from peft_bench.engine.distributed import ShardSampler
-from peft_bench.engine.optim import parameter_groups, warmup_cosine
+from peft_bench.engine.optim import parameter_groups
+from peft_bench.engine.schedules import warmup_cosine
 from peft_bench.methods import METHODS, build_method
 from peft_bench.methods.mona import MonaConfig
 from peft_bench.results.atomic import write_atomic, write_json_atomic

@@ -1,5 +1,5 @@
-"""The training loop: AdamW + warm-up cosine, AMP on CUDA, DDP, validation-based model selection,
-epoch checkpoints, exact resume, and a loss history.
+"""The training loop: AdamW and the configured lr schedule, AMP on CUDA, DDP, model selection on a
+validation split (or none: the last checkpoint), epoch checkpoints, exact resume, a loss history.
 
 Resume is exact on the CPU: the data order depends only on (seed, epoch), and a checkpoint at the
 end of each epoch holds the RNG states, so a run killed mid-epoch and resumed repeats that epoch
@@ -32,7 +32,8 @@ from peft_bench.engine.checkpoint import (
     trainable_state,
 )
 from peft_bench.engine.distributed import DistInfo, ShardSampler
-from peft_bench.engine.optim import build_optimizer, build_scheduler
+from peft_bench.engine.optim import build_optimizer
+from peft_bench.engine.schedules import build_scheduler
 from peft_bench.errors import TrainingDiverged
 from peft_bench.tasks.base import Evaluator, TaskData, TaskModel
 
@@ -52,7 +53,9 @@ class LoopState:
 
 @dataclass
 class FitResult:
-    test_metrics: dict[str, float]
+    test_metrics: dict[str, float]  # of the reported checkpoint: the best on val, or the last
+    last_metrics: dict[str, float]  # of the last checkpoint
+    selected_metrics: dict[str, float] | None  # of the best checkpoint on val (None: no val split)
     best: dict[str, Any]
     history: list[dict[str, float]]
     val_history: list[dict[str, float]]
@@ -142,7 +145,7 @@ class Trainer:
             # SyncBatchNorm has no CPU kernels.) The parameters and state-dict keys stay the same.
             nn.SyncBatchNorm.convert_sync_batchnorm(model)
         train_loader = self._train_loader(data.train, data.collate_fn)
-        val_loader = self._eval_loader(data.val, data.collate_fn)
+        val_loader = None if data.val is None else self._eval_loader(data.val, data.collate_fn)
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
             raise ValueError(
@@ -151,10 +154,11 @@ class Trainer:
             )
         total_steps = cfg.iterations or cfg.epochs * steps_per_epoch
         stop_step = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
-        warmup_steps = min(total_steps - 1, round(cfg.warmup_epochs * steps_per_epoch))
 
-        optimizer = build_optimizer(model, cfg.lr * self.lr_mult, cfg.weight_decay, cfg.head_lr_mult)
-        scheduler = build_scheduler(optimizer, total_steps, max(warmup_steps, 0), cfg.min_lr_ratio)
+        optimizer = build_optimizer(
+            model, cfg.lr * self.lr_mult, cfg.weight_decay, cfg.head_lr_mult, cfg.no_decay
+        )
+        scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
         use_scaler = self.device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -199,7 +203,7 @@ class Trainer:
                 if state.step >= stop_step:
                     break
             state.epoch += 1
-            if state.epoch % cfg.eval_every == 0 or state.step >= stop_step:
+            if val_loader is not None and (state.epoch % cfg.eval_every == 0 or state.step >= stop_step):
                 self._validate(model, val_loader, evaluator, main_metric, state, best_path)
             if self.info.is_main:
                 save_checkpoint(
@@ -215,9 +219,15 @@ class Trainer:
             self._barrier()
         bar.close()
 
-        if best_path.exists():
-            load_trainable_state(model, torch.load(best_path, map_location=self.device, weights_only=True))
-        test_metrics = self.evaluate(model, self._eval_loader(data.test, data.collate_fn), evaluator)
+        test_loader = self._eval_loader(data.test, data.collate_fn)
+        last_metrics = self.evaluate(model, test_loader, evaluator)
+        selected_metrics = None
+        if val_loader is not None:
+            selected_metrics = last_metrics
+            if state.best_step != state.step:  # the model ends as the selected one
+                best_state = torch.load(best_path, map_location=self.device, weights_only=True)
+                load_trainable_state(model, best_state)
+                selected_metrics = self.evaluate(model, test_loader, evaluator)
         best = {
             "metric": main_metric,
             "value": state.best_value,
@@ -225,7 +235,15 @@ class Trainer:
             "step": state.best_step,
             "split": data.selection,
         }
-        return FitResult(test_metrics, best, state.history, state.val_history, state.step)
+        return FitResult(
+            last_metrics if selected_metrics is None else selected_metrics,
+            last_metrics,
+            selected_metrics,
+            best,
+            state.history,
+            state.val_history,
+            state.step,
+        )
 
     def _train_step(
         self,

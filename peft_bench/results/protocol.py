@@ -3,6 +3,10 @@
 The protocol is the resolved config without what cannot change a result (paths, logging,
 device, worker counts, resume policy) and without the seed: seeds of one protocol are
 repetitions of the same experiment, so they share the hash and differ in the run id.
+
+Keys added to the schema after results were recorded stay out of the hash while they hold the
+value that reproduces the behaviour from before they existed (`NEUTRAL`), so that the same
+command keeps its run id and committed results stay matched to their cells.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import json
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from peft_bench.config import Selection
 
 # Dotted keys that never change a result.
 NON_PROTOCOL_KEYS = (
@@ -30,16 +36,50 @@ NON_PROTOCOL_KEYS = (
     "data.eval_batch_size",
 )
 
+# Dotted key -> the value that does what the harness did before the key existed.
+NEUTRAL: dict[str, Any] = {
+    "head.init": "trunc_normal",
+    "trainer.no_decay": ["vectors", "position_tables"],
+    "trainer.schedule": "warmup_cosine",
+    "trainer.warmup_iters": None,
+    "trainer.warmup": "linear",
+    "trainer.warmup_ratio": 0.0,
+    "trainer.steps": [],
+    "trainer.gamma": 0.1,
+    "trainer.power": 1.0,
+}
+
+# What each model-selection choice (`data.selection_split`, set by `protocol=...`) is called in
+# records and tables, and what it means.
+PROTOCOLS = {"val": "harness", "none": "paper", "test": "test-selected"}
+PROTOCOL_MEANING = {
+    "harness": "trained on the training split less a val split; the best checkpoint on val",
+    "paper": "trained on the whole training split; the last checkpoint",
+    "test-selected": "trained on the whole training split; the best checkpoint on test (optimistic)",
+}
+
 
 def protocol_of(cfg: DictConfig) -> dict[str, Any]:
-    protocol = OmegaConf.to_container(cfg, resolve=True)
+    protocol = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for dotted in NON_PROTOCOL_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = protocol
-        for key in parents:
-            node = node.get(key, {})
-        node.pop(leaf, None)
+        _pop(protocol, dotted)
+    for dotted, neutral in NEUTRAL.items():
+        _pop(protocol, dotted, only_if=neutral)
     return protocol
+
+
+def _pop(tree: dict[str, Any], dotted: str, only_if: Any = ...) -> None:
+    """Remove the key at `dotted` from `tree` (when given, only if its value equals `only_if`)."""
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.get(key, {})
+    if leaf in tree and (only_if is ... or tree[leaf] == only_if):
+        del tree[leaf]
+
+
+def protocol_name(selection_split: str) -> str:
+    """`harness`, `paper` or `test-selected`: how a run chose the checkpoint it reports."""
+    return PROTOCOLS[Selection(selection_split).value]
 
 
 def protocol_hash(cfg: DictConfig) -> str:
