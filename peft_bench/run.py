@@ -26,7 +26,7 @@ from peft_bench.errors import UserError
 from peft_bench.loggers import make_logger
 from peft_bench.methods import build_method
 from peft_bench.results.atomic import write_json_atomic, write_text_atomic
-from peft_bench.results.protocol import protocol_hash, run_id_for
+from peft_bench.results.protocol import protocol_hash, protocol_name, run_id_for
 from peft_bench.results.store import read_record, run_dir, write_history, write_record
 from peft_bench.tasks import build_task
 
@@ -117,6 +117,8 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         "backbone": cfg.backbone.name,
         "weights": cfg.backbone.weights,
         "seed": cfg.trainer.seed,
+        # paper: the whole training split, the last checkpoint; harness: the best checkpoint on val
+        "protocol": protocol_name(cfg.data.selection_split),
         "metrics": {},
         "best": {},
         "params": parameter_counts(model, model.backbone),
@@ -128,7 +130,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         "wall_s": None,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     if info.is_main:
         write_text_atomic(directory / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_json_atomic(directory / "manifest.json", trainable_manifest(model, model.backbone, model.neck))
@@ -136,7 +138,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         print(
             f"run {run_id}: {cfg.method.name} on {cfg.data.name} with {cfg.backbone.name}; "
             f"{record['params']['backbone_trainable']:,} trainable backbone parameters "
-            f"({record['params']['trainable_percent']:.2f}%); model selection on {data.selection}"
+            f"({record['params']['trainable_percent']:.2f}%); protocol {record['protocol']}: {data.selection}"
         )
     logger = make_logger(cfg.logger, run_id, resolved, str(cfg.paths.results_dir)) if info.is_main else None
     trainer = Trainer(
@@ -161,6 +163,8 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     record.update(
         status="completed",
         metrics=result.test_metrics,
+        metrics_last=result.last_metrics,
+        metrics_selected=result.selected_metrics,
         best=result.best,
         val_history=result.val_history,
         steps=result.steps,

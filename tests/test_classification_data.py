@@ -92,7 +92,14 @@ def test_flowers102_selecting_on_test(flowers_root: Path) -> None:
     data = _build("flowers102", flowers_root, selection_split="test")
     assert data.val is data.test
     assert set(_decode(data.train)) == set(FLOWERS_SPLITS["trnid"])
-    assert data.selection.startswith("test: the reference protocol")
+    assert data.selection.startswith("test: the best checkpoint on the test split")
+
+
+def test_flowers102_under_the_papers_protocol_trains_on_train_and_val(flowers_root: Path) -> None:
+    data = _build("flowers102", flowers_root, selection_split="none")
+    assert data.val is None
+    assert set(_decode(data.train)) == set(FLOWERS_SPLITS["trnid"]) | set(FLOWERS_SPLITS["valid"])
+    assert data.selection.startswith("none (the paper's protocol)")
 
 
 def test_torchvision_not_found_becomes_user_error(
@@ -157,6 +164,8 @@ def test_pets_selecting_on_test_keeps_all_of_trainval(pets: tuple[Path, dict[str
     data = _build("pets", root, selection_split="test")
     assert data.val is data.test
     assert _decode(data.train) == truth["trainval"]
+    paper = _build("pets", root, selection_split="none")
+    assert paper.val is None and _decode(paper.train) == truth["trainval"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ def test_embedded_run_writes_a_complete_record_and_is_not_repeated(results_dir: 
     assert 0.0 <= record["metrics"]["top1"] <= record["metrics"]["top5"] <= 100.0
     assert record["params"]["backbone_trainable"] == 0
     assert record["best"]["metric"] == "top1"
+    assert record["protocol"] == "harness"  # the embedded default: the best checkpoint on a val split
+    assert record["metrics"] == record["metrics_selected"] and set(record["metrics_last"]) == {"top1", "top5"}
     directory = results_dir / "runs" / record["run_id"]
     assert (directory / "config.yaml").read_text().startswith("method:")
     with open(directory / "history.csv") as f:

@@ -5,8 +5,9 @@ Label maps hold 0 ("other") and 1-150; mmseg's `reduce_zero_label` maps 0 to 255
 to k - 1, so the 150 classes are 0-149 (`ADE20K_CLASSES`, mmseg's order and names).
 
 Splits: the model trains on the training split less a hold-out of `data.val_fraction` (seed
-`data.split_seed`) that selects it; `data.selection_split=test` trains on all of training and
-selects on the validation split, as the reference protocol does. The test split is validation.
+`data.split_seed`) that selects it; `data.selection_split=none` (the paper's protocol) trains on all
+of training and selects nothing; `test` trains on all of training and selects on the validation
+split. The test split is validation.
 
 Training pipeline, as mmseg's ADE20K config: random resize (ratio 0.5-2.0 of the scale, keeping
 the aspect ratio), random crop (re-drawn up to 10 times while one class covers >= 75% of it),
@@ -32,10 +33,10 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from peft_bench.config import DataConfig
+from peft_bench.config import DataConfig, Selection
 from peft_bench.data.base import TaskData, collate_lists
-from peft_bench.data.classification import stratified_holdout
 from peft_bench.data.layout import Layout, data_root, require
+from peft_bench.data.splits import selection_of, stratified_holdout, without_holdout
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from peft_bench.errors import UserError
 from peft_bench.metrics.miou import IGNORE_INDEX
@@ -239,30 +240,31 @@ def _pairs(folder: Path, split: str) -> list[_Pair]:
 def build_ade20k_data(cfg: DataConfig, scale: tuple[int, int], crop: int) -> TaskData:
     """ADE20K per the module docstring; `scale` is (long side cap, short side), `crop` the side of
     training crops."""
+    selection = selection_of(cfg)
     folder = _folder(cfg)
     training, validation = (_pairs(folder, split) for split in SPLITS)
     train_transform, eval_transform = TrainTransform(scale, crop), EvalTransform(scale)
     test = ADE20KSplit(validation, eval_transform)
-    if cfg.selection_split == "test":
-        train, val = ADE20KSplit(training, train_transform), test
-        selection = "test: the ADE20K validation split, as the reference protocol (also the test split)"
-    elif cfg.selection_split == "val":
+    if selection is not Selection.val:
+        train = ADE20KSplit(training, train_transform)
+        val, described = without_holdout(
+            selection, test, "all of the ADE20K training split; test: validation"
+        )
+    else:
         # One "class" per image: a seeded random hold-out with stratified_holdout's size rules.
         kept, held = stratified_holdout([0] * len(training), cfg.val_fraction, cfg.split_seed)
         train = Subset(ADE20KSplit(training, train_transform), kept)
         val = Subset(ADE20KSplit(training, eval_transform), held)
-        selection = (
+        described = (
             f"val: {cfg.val_fraction:.0%} of the ADE20K training split held out at random "
             f"(seed {cfg.split_seed})"
         )
-    else:
-        raise UserError(f"data.selection_split must be 'val' or 'test', got {cfg.selection_split!r}.")
     return TaskData(
         train=train,
         val=val,
         test=test,
         num_classes=len(ADE20K_CLASSES),
         class_names=list(ADE20K_CLASSES),
-        selection=selection,
+        selection=described,
         collate_fn=collate_lists,
     )

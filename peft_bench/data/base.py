@@ -14,11 +14,11 @@ class TaskData:
     """What a run trains on, selects the model on (`val`), and reports on (`test`)."""
 
     train: Dataset
-    val: Dataset
+    val: Dataset | None  # None: nothing selects the model (the paper's protocol: the last checkpoint)
     test: Dataset
     num_classes: int
     class_names: list[str]
-    selection: str  # in words: which split selects the model, and where that split comes from
+    selection: str  # in words: which split selects the model (if any), and where the splits come from
     collate_fn: Callable | None = None
 
 

@@ -1,10 +1,12 @@
 """Classification datasets: Flowers102, Oxford-IIIT Pet, VOC2007, an image folder and sklearn digits.
 
 Each builder returns train / val / test datasets of `(image tensor (3, S, S), int label)`; val selects
-the model. With `data.selection_split=val`, val is an official val split or a stratified hold-out of
-the training split, and never touches test data. With `test`, val *is* the test split, as in the
-reference runs, which select on their test list; train is then the official training split, whole
-where val would otherwise be held out of it.
+the model. With `data.selection_split=val` (the harness's protocol), val is an official val split or
+a stratified hold-out of the training split, and never touches test data. With `none` (the paper's
+protocol) there is no val split: the model trains on everything but the test list (the official
+train and val splits together, which the reference's unpublished `train2mmcls.txt` lists stand for)
+and the last checkpoint is reported. With `test`, val *is* the test split and train is the official
+training split.
 
 VOC2007 single-label protocol. The paper reports top-1 / top-5 accuracy on VOC2007 classification, so
 each image needs exactly one label: the class of its largest non-difficult object, by box area in
@@ -16,9 +18,8 @@ ImageSets/Main/{train,val,test}.txt.
 
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision.datasets import Flowers102, ImageFolder, OxfordIIITPet, VOCDetection
 
-from peft_bench.config import DataConfig
+from peft_bench.config import DataConfig, Selection
 from peft_bench.data.base import TaskData
 from peft_bench.data.embedded import scene_task_data
 from peft_bench.data.layout import Layout, data_root, first_missing, require, torchvision_not_found
@@ -40,6 +41,7 @@ from peft_bench.data.scenes import (
     SceneClassification,
     SceneGenerator,
 )
+from peft_bench.data.splits import selection_of, stratified_holdout, without_holdout
 from peft_bench.data.transforms import classification_transforms, resize_transforms, tensor_transforms
 from peft_bench.errors import UserError
 
@@ -58,27 +60,8 @@ def build_classification_data(cfg: DataConfig, img_size: int, seed: int) -> Task
     if cfg.name not in BUILDERS:
         known = ", ".join(sorted(BUILDERS))
         raise UserError(f"Unknown classification dataset {cfg.name!r} (data.name). Known datasets: {known}.")
-    if cfg.selection_split not in ("val", "test"):
-        raise UserError(f"data.selection_split must be 'val' or 'test', got {cfg.selection_split!r}.")
+    selection_of(cfg)
     return BUILDERS[cfg.name](cfg, img_size, seed)
-
-
-def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Split indices into (kept, held out), holding out `fraction` of every class, from `seed` alone.
-
-    Each class gives round(fraction * n) samples, but at least one and never all of them (a class of
-    one stays in training), so that val covers every class even on small datasets.
-    """
-    if not 0 < fraction < 1:
-        raise UserError(f"data.val_fraction must lie strictly between 0 and 1, got {fraction}.")
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    held: set[int] = set()
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        count = min(max(math.floor(fraction * len(members) + 0.5), 1), len(members) - 1)
-        held.update(members[:count].tolist())
-    return [i for i in range(len(labels)) if i not in held], sorted(held)
 
 
 def voc_single_label(annotation: Path) -> int:
@@ -119,6 +102,9 @@ class _Split:
 
     def subset(self, indices: list[int]) -> _Split:
         return _Split(Subset(self.samples, indices), [self.labels[i] for i in indices])
+
+    def __add__(self, other: _Split) -> _Split:
+        return _Split(ConcatDataset([self.samples, other.samples]), self.labels + other.labels)
 
 
 @dataclass(frozen=True)
@@ -185,19 +171,22 @@ def _assemble(cfg: DataConfig, img_size: int, seed: int, source: _Source) -> Tas
     else:
         train_transform = eval_transform = resize_transforms(img_size)
     test = _Transformed(source.test, eval_transform)
-    if cfg.selection_split == "test":
-        train, val = source.train, test
-        selection = f"test: the reference protocol, which selects on the {source.name} test split"
-    else:
-        train, val_split, selection = _validation(source, cfg.val_fraction, seed)
+    selection = selection_of(cfg)
+    if selection is Selection.val:
+        train, val_split, described = _validation(source, cfg.val_fraction, seed)
         val = _Transformed(val_split, eval_transform)
+    else:
+        whole = selection is Selection.none and source.val is not None  # all but the test list
+        train = source.train + source.val if whole else source.train
+        splits = "train and val splits" if whole else "training split"
+        val, described = without_holdout(selection, test, f"the {source.name} {splits}")
     return TaskData(
         train=_Transformed(train, train_transform),
         val=val,
         test=test,
         num_classes=len(source.class_names),
         class_names=source.class_names,
-        selection=selection,
+        selection=described,
     )
 
 

@@ -11,8 +11,8 @@ non-crowd objects with a box of at least 1x1 px and a positive area, and trainin
 left without any (mmdet's `filter_empty_gt`). Evaluation targets hold every object of every image,
 crowds included with `iscrowd` = 1, so that the COCO evaluation ignores detections on crowds as the
 official evaluation does. Model selection: `data.selection_split=val` holds out `data.val_fraction`
-of the train2017 images at random (seed `data.split_seed`); `test`, the reference protocol, selects
-on val2017, which is always the test split.
+of the train2017 images at random (seed `data.split_seed`); `none` (the paper's protocol) trains on
+all of train2017 and selects nothing; `test` selects on val2017, which is always the test split.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from torch.utils.data import Dataset
 from torchvision.ops import box_convert
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from peft_bench.config import DataConfig
+from peft_bench.config import DataConfig, Selection
 from peft_bench.data.base import TaskData, collate_lists
-from peft_bench.data.classification import stratified_holdout
 from peft_bench.data.embedded import scene_task_data
 from peft_bench.data.layout import Layout, data_root, not_found, require
 from peft_bench.data.scenes import DOWNSTREAM_CLASSES, SceneDetection, SceneGenerator
+from peft_bench.data.splits import selection_of, stratified_holdout, without_holdout
 from peft_bench.data.targets import RandomFlip, Target
 from peft_bench.errors import UserError
 
@@ -108,6 +108,7 @@ def is_trainable(annotation: dict) -> bool:
 
 def build_coco_data(cfg: DataConfig) -> TaskData:
     """COCO 2017 train / val / test as in the module docstring; fails early on missing files."""
+    selection = selection_of(cfg)
     root = data_root(cfg, COCO_LAYOUT)
     require(cfg, root, COCO_LAYOUT)
     train_coco = _load(cfg, root / "annotations" / "instances_train2017.json")
@@ -126,14 +127,13 @@ def build_coco_data(cfg: DataConfig) -> TaskData:
 
     train_ids = sorted(train_coco.getImgIds())
     test = split(val_coco, "val2017", sorted(val_coco.getImgIds()), train=False)
-    if cfg.selection_split == "test":
-        val = test
-        selection = "test: the reference protocol, which selects on COCO val2017 (also the test split)"
+    if selection is not Selection.val:
+        val, described = without_holdout(selection, test, "all of COCO train2017; test: val2017")
     else:
         kept, held = stratified_holdout([0] * len(train_ids), cfg.val_fraction, cfg.split_seed)
         val = split(train_coco, "train2017", [train_ids[i] for i in held], train=False)
         train_ids = [train_ids[i] for i in kept]
-        selection = (
+        described = (
             f"val: {cfg.val_fraction:.0%} of the COCO train2017 images held out at random "
             f"(seed {cfg.split_seed}); test: val2017"
         )
@@ -144,7 +144,7 @@ def build_coco_data(cfg: DataConfig) -> TaskData:
         test=test,
         num_classes=len(category_ids),
         class_names=names,
-        selection=selection,
+        selection=described,
         collate_fn=collate_lists,
     )
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from peft_bench.config import DataConfig
+from peft_bench.config import DataConfig, Selection
 from peft_bench.data.base import TaskData
 from peft_bench.data.scenes import SceneGenerator, SceneView, make_splits
+from peft_bench.data.splits import selection_of, without_holdout
 
 
 def scene_task_data(
@@ -26,13 +27,14 @@ def scene_task_data(
     train, val, test = default_sizes
     sizes = {"train": cfg.train_size or train, "val": cfg.val_size or val, "test": cfg.test_size or test}
     splits = make_splits(view, generator, sizes, transforms)
-    if cfg.selection_split == "test":
-        splits["val"] = splits["test"]
-        selection = "test: the generated test split (reference-protocol reproduction)"
-    else:
-        selection = (
+    selection = selection_of(cfg)
+    if selection is Selection.val:
+        described = (
             f"val: {sizes['val']} generated scenes disjoint from train and test (seed {cfg.split_seed})"
         )
+    else:
+        trained_on = f"the {sizes['train']} generated training scenes"
+        splits["val"], described = without_holdout(selection, splits["test"], trained_on)
     names = list(generator.classes)
     return TaskData(
         train=splits["train"],
@@ -40,6 +42,6 @@ def scene_task_data(
         test=splits["test"],
         num_classes=len(names) + background_class,
         class_names=["background", *names] if background_class else names,
-        selection=selection,
+        selection=described,
         collate_fn=collate_fn,
     )

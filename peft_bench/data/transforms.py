@@ -1,4 +1,6 @@
-"""Image transforms for classification, on PIL images: the reference's augmentation and eval crop."""
+"""Image transforms for classification, on PIL images: the reference's augmentation and eval crop
+(mmcls's `RandomResizedCrop` with its defaults and a horizontal flip; `Resize` of the short side
+to 256 and a 224 centre crop), bilinear as mmcls (whose cv2 backend does not antialias)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ EVAL_CROP_RATIO = 0.875
 
 
 def classification_transforms(img_size: int, train: bool) -> T.Compose:
-    """Train: random resized crop and flip; eval: deterministic resize and centre crop."""
+    """Train: random resized crop (scale 0.08-1, ratio 3/4-4/3, mmcls's and torchvision's defaults)
+    and flip; eval: deterministic resize and centre crop."""
     if train:
-        geometry = [T.RandomResizedCrop(img_size, scale=(0.5, 1.0)), T.RandomHorizontalFlip()]
+        geometry = [T.RandomResizedCrop(img_size), T.RandomHorizontalFlip()]
     else:
         geometry = [T.Resize(round(img_size / EVAL_CROP_RATIO)), T.CenterCrop(img_size)]
     return T.Compose([*geometry, *_normalised_tensor()])

@@ -28,10 +28,11 @@ from torch.utils.data import Dataset
 from torchvision.datasets import VOCDetection
 from torchvision.transforms.v2 import functional as F
 
-from peft_bench.config import DataConfig
+from peft_bench.config import DataConfig, Selection
 from peft_bench.data.base import TaskData, collate_lists
-from peft_bench.data.classification import VOC_CLASSES, stratified_holdout, voc_single_label
+from peft_bench.data.classification import VOC_CLASSES, voc_single_label
 from peft_bench.data.layout import Layout, data_root, require, torchvision_not_found
+from peft_bench.data.splits import selection_of, stratified_holdout, without_holdout
 from peft_bench.data.targets import RandomFlip, Target
 from peft_bench.errors import UserError
 
@@ -127,10 +128,10 @@ class VOCDetectionSplit(Dataset):
 
 def build_voc_data(cfg: DataConfig) -> TaskData:
     """VOC0712 as `TaskData`. Model selection (`cfg.selection_split`): `val` holds out
-    `cfg.val_fraction` of the trainval images, stratified by class, from `cfg.split_seed`; `test`
-    selects on VOC2007 test, as the reference runs do."""
-    if cfg.selection_split not in ("val", "test"):
-        raise UserError(f"data.selection_split must be 'val' or 'test', got {cfg.selection_split!r}.")
+    `cfg.val_fraction` of the trainval images, stratified by class, from `cfg.split_seed`; `none`
+    (the paper's protocol) trains on all of trainval and selects nothing; `test` selects on VOC2007
+    test."""
+    selection = selection_of(cfg)
     devkit = _devkit_folder(data_root(cfg, VOC0712_LAYOUT))
     if cfg.download:
         _download(cfg, devkit)
@@ -144,26 +145,24 @@ def build_voc_data(cfg: DataConfig) -> TaskData:
     source = f"VOC{'+'.join(years)} trainval" + (
         "" if "2012" in years else f" (no VOC2012 at {devkit / 'VOC2012'}: VOC2007 trainval only)"
     )
-    if cfg.selection_split == "test":
-        train, val = trainval, test
-        selection = (
-            f"test: the reference protocol, which selects on the VOC2007 test split; training on {source}"
-        )
-    else:
+    if selection is Selection.val:
         keys = [voc_single_label(image.annotation) for image in trainval]
         kept, held = stratified_holdout(keys, cfg.val_fraction, cfg.split_seed)
         train, val = [trainval[i] for i in kept], VOCDetectionSplit([trainval[i] for i in held], train=False)
-        selection = (
+        described = (
             f"val: {cfg.val_fraction:.0%} of the {source} images held out, stratified by the class of "
             f"their largest non-difficult object (seed {cfg.split_seed})"
         )
+    else:
+        train = trainval
+        val, described = without_holdout(selection, test, source)
     return TaskData(
         train=VOCDetectionSplit(train, train=True),
         val=val,
         test=test,
         num_classes=len(VOC_CLASSES),
         class_names=list(VOC_CLASSES),
-        selection=selection,
+        selection=described,
         collate_fn=collate_lists,
     )
 

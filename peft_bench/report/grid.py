@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -27,11 +27,9 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 @dataclass(frozen=True)
 class Part:
-    """One sweep command of a table beyond `experiment=<preset>`: its extra overrides, and further
-    overrides for the cells whose overrides include a given one (the paper's per-method settings)."""
+    """One sweep command of a table beyond `experiment=<preset>`: its extra overrides."""
 
     overrides: tuple[str, ...] = ()
-    cell_overrides: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,8 +75,6 @@ def preset_cells(preset: str, parts: Sequence[Part] = (Part(),), overrides: Sequ
         for part in parts:
             arguments = [f"experiment={preset}", *part.overrides, *overrides]
             for job in jobs(arguments, sweep_params(arguments)):
-                for key, extras in part.cell_overrides.items():
-                    job += extras if key in job else ()
                 cfg = compose(config_name="config", overrides=job)
                 cell = Cell(tuple(job), cfg, protocol_hash(cfg))
                 cells.setdefault(cell.protocol, cell)

@@ -56,9 +56,13 @@ def cell_text(entry: pd.Series) -> str:
 
 
 def display(table: Table) -> pd.DataFrame:
-    """Rows and columns as in the paper (first-appearance order); each cell `ours [paper]`."""
+    """Rows and columns as in the paper (first-appearance order); each cell `ours [paper]`, with its
+    protocol named where the table's cells differ in it."""
     entries = table.entries
     texts = entries.assign(text=entries.apply(cell_text, axis=1))
+    if len(table.protocols) > 1:
+        named = texts["protocol"].notna()
+        texts.loc[named, "text"] += " (" + texts.loc[named, "protocol"] + ")"
     frame = texts.pivot(index="row", columns="column", values="text")
     frame = frame.reindex(index=pd.unique(entries["row"]), columns=pd.unique(entries["column"])).fillna("")
     frame.index.name, frame.columns.name = table.row_name, None

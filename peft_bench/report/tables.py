@@ -22,6 +22,7 @@ from peft_bench.report.grid import Cell
 from peft_bench.report.labels import label
 from peft_bench.report.paper import PaperValues
 from peft_bench.report.profiles import profile
+from peft_bench.results.protocol import PROTOCOL_MEANING, protocol_name
 
 TASK_METRICS = {
     "instance": ("ap_box", "ap_mask"),
@@ -29,7 +30,7 @@ TASK_METRICS = {
     "semantic": ("miou",),
     "classification": ("top1", "top5"),
 }
-ENTRY_COLUMNS = ["row", "column", "kind", "metric", "ours", "std", "n", "status", "paper"]
+ENTRY_COLUMNS = ["row", "column", "kind", "metric", "ours", "std", "n", "status", "protocol", "paper"]
 CAPTIONS = {
     "1": "Instance segmentation: trainable backbone parameters (counted), AP_box and AP_mask "
     "with their Δ to Full",
@@ -50,8 +51,17 @@ class Table:
     entries: pd.DataFrame  # ENTRY_COLUMNS
 
     @property
+    def protocols(self) -> list[str]:
+        """The protocols of the table's measured cells (one, unless a sweep mixed them)."""
+        return unique(self.entries["protocol"].dropna())
+
+    @property
     def caption(self) -> str:
-        return f"Table {self.target} (preset {self.preset}). {CAPTIONS[self.target]}."
+        if len(self.protocols) == 1:
+            protocol = f"Protocol {self.protocols[0]}: {PROTOCOL_MEANING[self.protocols[0]]}."
+        else:
+            protocol = "The cells' protocols differ: each cell names its own."
+        return f"Table {self.target} (preset {self.preset}). {CAPTIONS[self.target]}. {protocol}"
 
 
 class Entries:
@@ -73,17 +83,21 @@ class Entries:
     def add(
         self, row: str, column: str, kind: str, metric: str, ours: float, paper: float, **stats: Any
     ) -> None:
-        """One entry; its status, unless given: ok, or n/a where there is no value of ours."""
+        """One entry; its status, unless given: ok, or n/a where there is no value of ours. Counts
+        belong to no protocol; measured entries (and what derives from them) name theirs."""
         entry = {"row": row, "column": column, "kind": kind, "metric": metric, "ours": ours, "paper": paper}
         status = "n/a" if math.isnan(ours) else OK
-        self.rows.append({"std": math.nan, "n": math.nan, "status": status, **entry, **stats})
+        self.rows.append(
+            {"std": math.nan, "n": math.nan, "status": status, "protocol": None, **entry, **stats}
+        )
 
     def measured(self, row: str, column: str, cell: Cell, metric: str, **keys: object) -> None:
         runs = cell_runs(self.runs, cell.protocol)
         stat = runs.stat(metric)
         status = runs.status if runs.status != OK or stat.n else f"no {metric} in its runs"
         paper = self.paper_value(metric, **keys)
-        self.add(row, column, "metric", metric, stat.mean, paper, std=stat.std, n=stat.n, status=status)
+        stats = {"std": stat.std, "n": stat.n, "status": status, "protocol": protocol_of_cell(cell)}
+        self.add(row, column, "metric", metric, stat.mean, paper, **stats)
 
     def counted(self, row: str, column: str, cell: Cell, **keys: object) -> None:
         """Trainable backbone parameters, counted: millions (column "Params (M)") or percent."""
@@ -100,26 +114,36 @@ def unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def protocol_of_cell(cell: Cell) -> str:
+    return protocol_name(cell.cfg.data.selection_split)
+
+
 def delta_to_full(entries: Entries, row: str, column: str, cell: Cell, full: Cell, metric: str) -> None:
-    """Our Δ (difference of the means) and the paper's, beside the measured `column`; none for Full."""
-    method, dataset = cell.cfg.method.name, cell.cfg.data.name
+    """Our Δ (difference of the means) and the paper's, beside the measured `column`; none for Full,
+    and none of ours where the two cells' protocols differ."""
+    method, dataset, protocol = cell.cfg.method.name, cell.cfg.data.name, protocol_of_cell(cell)
     ours = paper = math.nan
     if method != "full":
-        ours = cell_runs(entries.runs, cell.protocol).stat(metric).mean
-        ours -= cell_runs(entries.runs, full.protocol).stat(metric).mean
+        if protocol == protocol_of_cell(full):
+            ours = cell_runs(entries.runs, cell.protocol).stat(metric).mean
+            ours -= cell_runs(entries.runs, full.protocol).stat(metric).mean
         paper = entries.paper_value(metric, dataset=dataset, method=method)
         paper -= entries.paper_value(metric, dataset=dataset, method="full")
-    entries.add(row, f"Δ {column}", "delta", metric, ours, paper)
+    entries.add(row, f"Δ {column}", "delta", metric, ours, paper, protocol=protocol)
 
 
 def averages(entries: Entries, row: str, datasets: int) -> None:
-    """Each metric's mean over the row's datasets, ours and the paper's: none unless every one has it."""
+    """Each metric's mean over the row's datasets, ours and the paper's: none unless every one has
+    it, under one protocol."""
     measured = [entry for entry in entries.rows if entry["row"] == row and entry["kind"] == "metric"]
     for metric in unique(entry["metric"] for entry in measured):
         same = [entry for entry in measured if entry["metric"] == metric]
-        ours = sum(entry["ours"] for entry in same) / len(same) if len(same) == datasets else math.nan
+        protocols = unique(entry["protocol"] for entry in same)
+        complete = len(same) == datasets and len(protocols) == 1
+        ours = sum(entry["ours"] for entry in same) / len(same) if complete else math.nan
         paper = sum(entry["paper"] for entry in same) / len(same)
-        entries.add(row, f"Average {label(metric)}", "average", metric, ours, paper)
+        protocol = protocols[0] if len(protocols) == 1 else None
+        entries.add(row, f"Average {label(metric)}", "average", metric, ours, paper, protocol=protocol)
 
 
 def methods_table(

@@ -251,10 +251,6 @@ class InstanceSegmentationTask(Task):
             raise UserError(
                 f"Unknown instance segmentation dataset {cfg.data.name!r} (data.name). Known: {known}."
             )
-        if cfg.data.selection_split not in ("val", "test"):
-            raise UserError(
-                f"data.selection_split must be 'val' or 'test', got {cfg.data.selection_split!r}."
-            )
         return BUILDERS[cfg.data.name](cfg)
 
     def build_model(self, backbone: SwinBackbone, data: TaskData, cfg: Config) -> InstanceSegmentationModel:
