@@ -191,6 +191,8 @@ def test_voc_splits_and_selection(voc_root: Path) -> None:
     reference = DetectionTask().build_data(voc_config(voc_root, selection_split="test"))
     assert ids(reference.train) == TRAINVAL and reference.val is reference.test
     assert reference.selection.startswith("test:")
+    paper = DetectionTask().build_data(voc_config(voc_root, selection_split="none"))
+    assert ids(paper.train) == TRAINVAL and paper.val is None
 
 
 def test_voc_targets(voc_root: Path) -> None:
@@ -350,4 +352,6 @@ def test_cli_run_on_voc_records_ap50(voc_root: Path, results_dir: Path) -> None:
     [record] = records(results_dir)
     assert record["status"] == "completed" and record["task"] == "detection" and record["steps"] == 2
     assert set(record["metrics"]) == {"ap50"} and 0.0 <= record["metrics"]["ap50"] <= 100.0
-    assert record["best"]["metric"] == "ap50" and record["best"]["split"].startswith("val:")
+    # dataset=voc brings the paper's protocol: all of trainval trains, the last checkpoint is reported
+    assert record["protocol"] == "paper" and record["best"]["split"].startswith("none (the paper's protocol)")
+    assert record["metrics"] == record["metrics_last"] and record["val_history"] == []

@@ -95,8 +95,8 @@ def test_only_the_method_tensors_train(name: str) -> None:
 
     before = {n: p.detach().clone() for n, p in params.items()}
     optimizer = torch.optim.AdamW([p for p in params.values() if p.requires_grad], lr=1e-2)
-    # Two steps: zero-initialised up projections (AdaptFormer, LoRA's B) pass no gradient to the
-    # down side until one step has made them non-zero.
+    # Two steps: zero-initialised up projections (LoRA's B) pass no gradient to the down side
+    # until one step has made them non-zero.
     for step in range(2):
         optimizer.zero_grad(set_to_none=True)
         backbone(images()).square().mean().backward()
@@ -131,7 +131,7 @@ def test_adaptformer_block_output() -> None:
     backbone = applied(micro(), "adaptformer", scale=0.3).eval()
     block = backbone.layers[0].blocks[1]  # a shifted-window block
     branch = slots_of(block).mlp_parallel.body
-    nn.init.normal_(branch.up.weight, std=0.1)  # the zero-initialised up projection hides the branch
+    nn.init.normal_(branch.up.weight, std=0.1)  # large enough for the branch to show, whatever the init
     x = torch.randn(2, 16, 16, block.dim)
     with torch.no_grad():
         post_attn = x + block._attn(block.norm1(x))

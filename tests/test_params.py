@@ -105,9 +105,10 @@ def test_mona_percentages_match_the_paper_tables_4_and_5(counts: dict, sweep_dir
 
 def test_dense_tasks_count_the_per_stage_output_norms_as_the_reference(sweep_dir: str) -> None:
     """methods.md's reference column: BitFit and NormTuning with the four output LayerNorms of the
-    dense-task backbone (norm0..norm3) instead of the classifier's single final norm."""
+    dense-task backbone (norm0..norm3) instead of the classifier's single final norm. (COCO freezes
+    no stage; VOC's frozen patch embedding would take its bias and norm out of the count.)"""
     lines = params_lines(
-        "-m", "method=bitfit,normtuning", "backbone=swin_b", "dataset=voc", results_dir=sweep_dir
+        "-m", "method=bitfit,normtuning", "backbone=swin_b", "dataset=coco", results_dir=sweep_dir
     )
     counts = {line["method"]: line["backbone_trainable"] for line in lines}
     assert counts == {"bitfit": 201_656, "normtuning": 59_392}

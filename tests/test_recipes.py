@@ -38,3 +38,48 @@ def test_mona_trains_at_the_papers_multiplier_per_recipe() -> None:
     assert composed("dataset=pets").trainer.method_lr_mult == {"mona": 2.0}
     assert composed("dataset=ade20k").trainer.method_lr_mult == {"mona": 5.0}
     assert composed("dataset=shapes_seg").trainer.head_lr_mult == 10.0
+
+
+@pytest.mark.parametrize(
+    ("dataset", "backbone", "drop_path", "frozen"),
+    [
+        ("voc", "swin_l", 0.2, 1),
+        ("ade20k", "swin_l", 0.3, -1),
+        ("coco", "swin_b", 0.3, -1),
+        ("flowers102", "swin_l", 0.3, -1),
+        ("pets", "swin_l", 0.3, -1),
+        ("voc2007", "swin_l", 0.3, -1),
+    ],
+)
+def test_a_paper_dataset_alone_brings_the_papers_backbone_and_protocol(
+    dataset: str, backbone: str, drop_path: float, frozen: int
+) -> None:
+    cfg = composed(f"dataset={dataset}", "method=full")
+    assert (cfg.backbone.name, cfg.backbone.weights) == (backbone, "in22k")
+    assert (cfg.backbone.drop_path_rate, cfg.backbone.frozen_stages) == (drop_path, frozen)
+    assert cfg.data.selection_split == "none"  # protocol=paper
+
+
+def test_embedded_datasets_keep_the_cpu_backbone_and_the_harness_protocol() -> None:
+    cfg = composed("dataset=shapes_det")
+    assert (cfg.backbone.name, cfg.backbone.weights, cfg.data.selection_split) == (
+        "swin_micro",
+        "mini",
+        "val",
+    )
+
+
+def test_the_command_line_wins_over_a_paper_datasets_backbone_and_protocol() -> None:
+    cfg = composed("dataset=voc", "backbone=swin_t", "protocol=harness")
+    assert (cfg.backbone.name, cfg.backbone.drop_path_rate, cfg.data.selection_split) == (
+        "swin_t",
+        0.2,
+        "val",
+    )
+
+
+def test_mona_on_ade20k_brings_its_own_drop_path_and_decay_rules() -> None:
+    mona, full = composed("dataset=ade20k", "method=mona"), composed("dataset=ade20k", "method=full")
+    assert (mona.backbone.drop_path_rate, full.backbone.drop_path_rate) == (0.2, 0.3)
+    assert list(mona.trainer.no_decay) == ["position_tables"]
+    assert list(full.trainer.no_decay) == ["layer_norms", "position_tables"]

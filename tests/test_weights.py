@@ -220,8 +220,22 @@ def test_in22k_offline_fails_fast_with_the_fixes() -> None:
         build_backbone(BackboneConfig(name="swin_t", weights="in22k", img_size=64, window_size=4))
     assert time.monotonic() - start < 20
     message = str(error.value)
-    assert "swin_tiny_patch4_window7_224.ms_in22k could not be fetched from the Hugging Face hub" in message
-    assert "backbone.weights=/path/to/file.pth" in message
+    assert "swin_tiny_patch4_window7_224.ms_in22k could not be loaded from the Hugging Face hub" in message
+    assert "no network connection and no copy in the Hugging Face cache" in message
+    assert "backbone.weights=/path/to/swin_tiny_patch4_window7_224_22k.pth" in message
+
+
+@pytest.mark.usefixtures("offline_hub")
+def test_in22k_weights_load_from_the_hf_cache_without_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached = tmp_path / "model.safetensors"
+    released = build_swin("swin_t", img_size=64, window_size=4)
+    safetensors.torch.save_file(released.state_dict(), cached)
+    monkeypatch.setattr(weights, "_cached_hub_file", lambda spec: cached)
+    loaded = build_backbone(BackboneConfig(name="swin_t", weights="in22k", img_size=64, window_size=4))
+    for name, tensor in released.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
 
 
 def test_swin_micro_has_no_hub_weights() -> None:

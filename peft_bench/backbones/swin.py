@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
@@ -213,13 +214,15 @@ def build_swin(
     drop_path_rate: float = 0.0,
     pretrained_hub: bool = False,
     dynamic_size: bool = False,
+    hub_file: Path | None = None,
 ) -> SwinBackbone:
     """Build a Swin backbone by its short name (`swin_t`, ..., `swin_micro`).
 
     `pretrained_hub` loads the paper's ImageNet-22k weights through timm's hub (needs a network
-    connection or a warm Hugging Face cache); other weight sources are loaded afterwards by
-    `peft_bench.backbones.weights`. `dynamic_size` accepts any input size (dense tasks), at the
-    cost of computing the shifted-window mask for each input.
+    connection or a warm Hugging Face cache), from `hub_file` when given (the hub's file, already
+    in the cache); other weight sources are loaded afterwards by `peft_bench.backbones.weights`.
+    `dynamic_size` accepts any input size (dense tasks), at the cost of computing the
+    shifted-window mask for each input.
     """
     spec = SWIN_SPECS[name]
     model_name = spec.timm_name
@@ -236,5 +239,6 @@ def build_swin(
         window_size=window_size or spec.window_size,
         drop_path_rate=drop_path_rate,
         strict_img_size=not dynamic_size,
+        pretrained_cfg_overlay={"file": str(hub_file)} if hub_file else None,
     )
     return SwinBackbone(name, spec, body)

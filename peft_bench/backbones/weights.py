@@ -16,17 +16,23 @@ for a model built with another window (or patch) size.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
+import huggingface_hub
 import safetensors.torch
+import timm
 import torch
+from huggingface_hub import try_to_load_from_cache
 from timm.models.swin_transformer import checkpoint_filter_fn
 
-from peft_bench.backbones.swin import SWIN_SPECS, SwinBackbone, build_swin
+from peft_bench.backbones.swin import SWIN_SPECS, SwinBackbone, SwinSpec, build_swin
 from peft_bench.errors import UserError
 
 IN22K, NONE = "in22k", "none"
+HUB_HOST = "huggingface.co"
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm fetches from a hub repository
 TIMM, MICROSOFT, OPENMMLAB = "timm", "Microsoft", "OpenMMLab"
 
 # Short names of checkpoints shipped with the package, per backbone: `backbone.weights=<name>`.
@@ -89,16 +95,51 @@ def _shipped_names() -> str:
 def build_from_hub(
     name: str, img_size: int | None, window_size: int | None, drop_path_rate: float, dynamic_size: bool
 ) -> SwinBackbone:
-    """`build_swin` with the paper's ImageNet-22k weights; says how to fix a hub failure."""
+    """`build_swin` with the paper's ImageNet-22k weights: from the Hugging Face cache when it holds
+    them, else from the hub. Without either it fails at once (the hub client would retry for
+    about a minute), saying how to pass a local checkpoint."""
+    spec = SWIN_SPECS[name]
+    cached = _cached_hub_file(spec)
+    if cached is None and not _hub_reachable():
+        raise _hub_error(spec, "there is no network connection and no copy in the Hugging Face cache")
     try:
-        return build_swin(name, img_size, window_size, drop_path_rate, True, dynamic_size)
-    except Exception as e:  # offline, a cold cache, an HTTP error: all have the same fixes
-        spec = SWIN_SPECS[name]
-        raise UserError(
-            f"the ImageNet-22k weights of {spec.timm_name}.{spec.hub_tag} could not be fetched from the "
-            "Hugging Face hub: this needs a network connection or a warm HF cache; a local checkpoint can "
-            f"be given with backbone.weights=/path/to/file.pth ({type(e).__name__}: {_first_line(e)})"
-        ) from e
+        return build_swin(name, img_size, window_size, drop_path_rate, True, dynamic_size, cached)
+    except Exception as e:  # a cold cache with a network that fails, an HTTP error: the same fixes
+        raise _hub_error(spec, f"{type(e).__name__}: {_first_line(e)}") from e
+
+
+def _hub_error(spec: SwinSpec, reason: str) -> UserError:
+    return UserError(
+        f"the ImageNet-22k weights of {spec.timm_name}.{spec.hub_tag} could not be loaded from the "
+        f"Hugging Face hub ({reason}). Connect to the network or warm the HF cache, or pass the "
+        f"released checkpoint as a local file: backbone.weights=/path/to/{spec.timm_name}_22k.pth "
+        "(Microsoft's release; timm and OpenMMLab files load too)."
+    )
+
+
+def _hub_model(spec: SwinSpec) -> str:
+    """The hub repository of the size's ImageNet-22k weights, as timm names it."""
+    return timm.models.get_pretrained_cfg(f"{spec.timm_name}.{spec.hub_tag}").hf_hub_id
+
+
+def _cached_hub_file(spec: SwinSpec) -> Path | None:
+    """The weights file of the hub repository in the local Hugging Face cache, if it is there."""
+    for filename in HUB_FILES:
+        path = try_to_load_from_cache(_hub_model(spec), filename)
+        if isinstance(path, str):
+            return Path(path)
+    return None
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub answers a TCP connection within `timeout_s` (never with HF_HUB_OFFLINE set)."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 def _first_line(error: Exception) -> str:

@@ -7,24 +7,26 @@ from dataclasses import dataclass
 from timm.models.swin_transformer import SwinTransformerBlock
 
 from peft_bench.backbones.swin import slots_of
-from peft_bench.config import MethodConfig
+from peft_bench.config import MethodConfig, MethodInit
 from peft_bench.methods.base import BlockInsertion, register
-from peft_bench.methods.layers import Bottleneck, Residual, trunc_normal_linears
+from peft_bench.methods.layers import REFERENCE_INIT_STD, Bottleneck, Residual, trunc_normal_linears
 
 
 @dataclass
 class AdapterConfig(MethodConfig):
     dim: int = 64  # bottleneck width n
     dropout: float = 0.1
+    init: MethodInit = MethodInit.reference  # original: Houlsby et al.'s near-identity init
 
 
 @register("adapter")
 class Adapter(BlockInsertion):
     """Houlsby adapters `x + up(drop(gelu(down(x))))` on the attention and MLP branch outputs.
 
-    Placed before each residual add (slots `attn_out`, `mlp_out`). Init as Houlsby et al.'s code
-    (init_scale 1e-3): trunc-normal weights with std 1e-3 and zero biases, so each adapter
-    starts near the identity. Per block: 2(2mn + m + n).
+    Placed before each residual add (slots `attn_out`, `mlp_out`). Init `reference` as the Mona
+    authors' backbones (trunc-normal std 0.02, zero biases); `original` as Houlsby et al.'s code
+    (init_scale 1e-3: std 1e-3), so that each adapter starts nearer the identity. Per block:
+    2(2mn + m + n).
     """
 
     config_class = AdapterConfig
@@ -37,5 +39,6 @@ class Adapter(BlockInsertion):
 
     def _adapter(self, dim: int) -> Residual:
         bottleneck = Bottleneck.linear(dim, self.cfg.dim, self.cfg.dropout)
-        trunc_normal_linears(bottleneck, std=1e-3)
+        original = MethodInit(self.cfg.init) is MethodInit.original
+        trunc_normal_linears(bottleneck, std=1e-3 if original else REFERENCE_INIT_STD)
         return Residual(bottleneck)

@@ -9,9 +9,9 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
 from peft_bench.backbones.swin import slots_of
-from peft_bench.config import MethodConfig
+from peft_bench.config import MethodConfig, MethodInit
 from peft_bench.methods.base import BlockInsertion, register
-from peft_bench.methods.layers import Bottleneck
+from peft_bench.methods.layers import Bottleneck, trunc_normal_linears
 
 
 @dataclass
@@ -19,6 +19,7 @@ class AdaptFormerConfig(MethodConfig):
     dim: int = 64  # bottleneck width n
     dropout: float = 0.1
     scale: float = 0.1  # the fixed factor on the adapter's output
+    init: MethodInit = MethodInit.reference  # original: AdaptFormer's zero up projection
 
 
 class Scaled(nn.Module):
@@ -41,7 +42,8 @@ class AdaptFormer(BlockInsertion):
     """`x = x + drop_path(mlp(norm2(x))) + scale * up(drop(gelu(down(x))))`, no inner residual.
 
     The branch reads the post-attention stream before norm2 (slot `mlp_parallel`). GELU as
-    methods.md says (AdaptFormer's own code uses ReLU). Init as AdaptFormer's code: down keeps
+    methods.md says (AdaptFormer's own code uses ReLU). Init `reference` as the Mona authors'
+    backbones: trunc-normal std 0.02, zero biases. `original` as AdaptFormer's code: down keeps
     Linear's kaiming-uniform(a=sqrt(5)) weight, its bias and the whole up projection are zero,
     so the model equals the base model at init. Per block: 2mn + m + n.
     """
@@ -51,7 +53,10 @@ class AdaptFormer(BlockInsertion):
 
     def insert(self, block: SwinTransformerBlock) -> None:
         branch = Bottleneck.linear(block.dim, self.cfg.dim, self.cfg.dropout)
-        nn.init.zeros_(branch.down.bias)
-        nn.init.zeros_(branch.up.weight)
-        nn.init.zeros_(branch.up.bias)
+        if MethodInit(self.cfg.init) is MethodInit.original:
+            nn.init.zeros_(branch.down.bias)
+            nn.init.zeros_(branch.up.weight)
+            nn.init.zeros_(branch.up.bias)
+        else:
+            trunc_normal_linears(branch)
         slots_of(block).mlp_parallel = Scaled(branch, self.cfg.scale)

@@ -43,7 +43,11 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
-def trunc_normal_linears(module: nn.Module, std: float) -> None:
+# The std of every Linear a method adds, in the Mona authors' backbones (`_init_weights`).
+REFERENCE_INIT_STD = 0.02
+
+
+def trunc_normal_linears(module: nn.Module, std: float = REFERENCE_INIT_STD) -> None:
     """Init every Linear of `module` as Swin's `_init_weights`: trunc-normal weight, zero bias.
 
     The cut-off stays torch's and timm's default (+-2, absolute), as in the reference code.

@@ -89,7 +89,7 @@ class MonaModule(nn.Module):
         self.bottleneck = Bottleneck.linear(
             dim, hidden, dropout, mid=MultiCognitiveFilter(hidden, merged_conv)
         )
-        trunc_normal_linears(self.bottleneck, std=0.02)
+        trunc_normal_linears(self.bottleneck)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bottleneck(self.norm(x) * self.gamma + x * self.gammax)

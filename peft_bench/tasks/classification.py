@@ -11,17 +11,26 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from peft_bench.backbones.swin import SWIN_SPECS, SwinBackbone
-from peft_bench.config import Config
+from peft_bench.config import Config, HeadInit
 from peft_bench.data.classification import build_classification_data
 from peft_bench.tasks.base import Task, TaskData, TaskModel
 
 
 class ClassificationModel(TaskModel):
-    def __init__(self, backbone: SwinBackbone, num_classes: int, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        backbone: SwinBackbone,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        init: HeadInit = HeadInit.trunc_normal,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        if HeadInit(init) is HeadInit.normal:  # mmcls's LinearClsHead: Normal(std=0.01), bias 0
+            nn.init.normal_(self.head.weight, std=0.01)
+        else:  # Swin's _init_weights
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         self.label_smoothing = label_smoothing
 
@@ -62,7 +71,7 @@ class ClassificationTask(Task):
         return build_classification_data(cfg.data, img_size=img_size, seed=cfg.data.split_seed)
 
     def build_model(self, backbone: SwinBackbone, data: TaskData, cfg: Config) -> ClassificationModel:
-        return ClassificationModel(backbone, data.num_classes, cfg.trainer.label_smoothing)
+        return ClassificationModel(backbone, data.num_classes, cfg.trainer.label_smoothing, cfg.head.init)
 
     def build_evaluator(self, data: TaskData, device: torch.device) -> ClassificationEvaluator:
         return ClassificationEvaluator(data.num_classes, device)
