@@ -82,6 +82,13 @@ class BackboneConfig:
     img_size: int | None = None  # None: the size's native resolution (224; 64 for swin_micro)
     window_size: int | None = None  # None: the size's native window (7; 4 for swin_micro)
     drop_path_rate: float = 0.0
+    # Every block keeps its window and shift whatever the size of its map, as the Swin detection and
+    # segmentation code (the reference's) does; false: timm's, which shrinks the window of a map
+    # no larger than it and drops its shift (stage 3 of a 224-px build, any stage of a small map).
+    always_partition: bool = False
+    # Dense tasks: the four output norms all start fresh (weight 1, bias 0), as in the reference
+    # runs; false: the last takes the pretrained final norm's weights.
+    fresh_output_norms: bool = False
     # As the Swin detection code the paper builds on: >= 0 (and 1) freezes the patch embedding,
     # N >= 2 also stages 0..N-2, whatever the method. The reference VOC detection config uses 1.
     frozen_stages: int = -1
@@ -120,6 +127,8 @@ class HeadConfig:
     name: str = "linear"  # linear | retinanet | mask_rcnn | cascade_mask_rcnn | upernet
     fpn_channels: int = 256  # FPN width (detection, instance segmentation)
     anchor_sizes: list[int] | None = None  # RetinaNet base anchor size per level; None: torchvision's
+    # RetinaNet: a ReLU between P6 and P7 (torchvision's); mmdet's FPN has none by default.
+    relu_before_extra_convs: bool = True
     # Detection / instance segmentation images: the shorter side is resized to min_size (a random
     # choice among several in training, as multi-scale training), the longer capped at max_size.
     min_size: list[int] = field(default_factory=lambda: [800])

@@ -31,9 +31,14 @@ def count(cfg: DictConfig) -> dict[str, Any]:
     from peft_bench.tasks import build_task
 
     with torch.device("meta"):
-        backbone = build_swin(cfg.backbone.name, cfg.backbone.img_size, cfg.backbone.window_size)
+        backbone = build_swin(
+            cfg.backbone.name,
+            cfg.backbone.img_size,
+            cfg.backbone.window_size,
+            always_partition=cfg.backbone.always_partition,  # changes the size of a shrunk window's table
+        )
         if build_task(cfg.data.task).dense:
-            backbone.use_output_norms()
+            backbone.use_output_norms(fresh=cfg.backbone.fresh_output_norms)
         build_method(cfg.method).apply(backbone)
         backbone.freeze_stages(cfg.backbone.frozen_stages)
     counts = parameter_counts(backbone, backbone)

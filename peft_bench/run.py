@@ -102,7 +102,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     data = task.build_data(cfg)  # first: a missing dataset fails before any model is built
     backbone = build_backbone(cfg.backbone, dynamic_size=task.dense)
     if task.dense:
-        backbone.use_output_norms()
+        backbone.use_output_norms(fresh=cfg.backbone.fresh_output_norms)
     fingerprint = backbone_fingerprint(backbone)  # of the base weights, before any tuning
     build_method(cfg.method).apply(backbone)
     backbone.freeze_stages(cfg.backbone.frozen_stages)

@@ -263,6 +263,20 @@ def test_fpn_takes_p6_from_c5_even_when_widths_agree() -> None:
     assert torch.allclose(features["p6"], neck.fpn.extra_blocks.p6(c5))
 
 
+@pytest.mark.parametrize("relu", [True, False])
+def test_p7_follows_p6_with_or_without_the_relu_between(relu: bool) -> None:
+    """torchvision puts a ReLU between P6 and P7; mmdet's FPN (the reference VOC config) does not."""
+    neck = SwinFPN(micro_backbone(), channels=32, relu_before_extra_convs=relu)
+    with torch.no_grad():
+        features = neck(torch.randn(1, 3, 128, 128))
+        p6 = features["p6"]
+        assert (p6 < 0).any()  # so the ReLU changes P7
+        extra = neck.fpn.extra_blocks
+        expected = extra.p7(p6.clamp(min=0) if relu else p6)
+        torch.testing.assert_close(features["p7"], expected)
+        assert not torch.allclose(features["p7"], extra.p7(p6 if relu else p6.clamp(min=0)))
+
+
 def test_training_step_and_predict_on_voc(voc_root: Path) -> None:
     cfg = voc_config(voc_root, selection_split="test")
     task = DetectionTask()

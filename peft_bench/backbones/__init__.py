@@ -18,10 +18,14 @@ def build_backbone(cfg: BackboneConfig, dynamic_size: bool = False) -> SwinBackb
     `dynamic_size` accepts inputs of any size (dense tasks).
     """
     source = resolve_weights(cfg.name, cfg.weights)
-    args = (cfg.name, cfg.img_size, cfg.window_size, cfg.drop_path_rate)
-    if source == IN22K:
-        backbone = build_from_hub(*args, dynamic_size)
-    else:
-        backbone = build_swin(*args, dynamic_size=dynamic_size)
+    options = {
+        "img_size": cfg.img_size,
+        "window_size": cfg.window_size,
+        "drop_path_rate": cfg.drop_path_rate,
+        "dynamic_size": dynamic_size,
+        "always_partition": cfg.always_partition,
+    }
+    build = build_from_hub if source == IN22K else build_swin
+    backbone = build(cfg.name, **options)
     log.info("backbone %s: %s", cfg.name, load_weights(backbone, source))
     return backbone

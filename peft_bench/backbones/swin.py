@@ -5,6 +5,8 @@ so its state dict *is* a timm state dict (minus the classifier), and drives the 
 Driving the loop here buys three things without copying timm's Swin code:
 
 * adapter *slots* on each block (`BlockSlots`), the single place where methods insert modules;
+* window attention on maps of any size as the Swin detection and segmentation code computes it
+  (`windowed_attention`: pad to whole windows, *then* shift);
 * a no-grad prefix: everything before the first trainable tensor runs under `torch.no_grad()`,
   so a frozen backbone builds no autograd graph it does not need;
 * per-stage feature maps for dense heads.
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
@@ -87,6 +90,9 @@ class BlockSlots(nn.Module):
         self.post_mlp: nn.Module | None = None
 
 
+EMPTY_SLOTS = BlockSlots()  # a block without a method's modules
+
+
 def slots_of(block: SwinTransformerBlock) -> BlockSlots:
     """The block's slots, created on first use (registered as the child `slots`)."""
     if not hasattr(block, "slots"):
@@ -94,12 +100,29 @@ def slots_of(block: SwinTransformerBlock) -> BlockSlots:
     return block.slots
 
 
+def windowed_attention(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
+    """The block's (shifted) window attention on normed tokens (B, H, W, C) of any size.
+
+    The Swin detection and segmentation code (and the reference's) pads the map to whole windows
+    first and then rolls it, with the shift mask computed on the padded map. timm rolls first and
+    pads after, so on a map that is not a multiple of the window, rows wrapped from the top edge
+    share a mask region with rows of the bottom edge and attend to them. Padding here first leaves
+    timm nothing to pad: its roll and mask then run on the padded map, in the reference's order.
+    """
+    height, width = x.shape[1], x.shape[2]
+    pad_h, pad_w = -height % block.window_size[0], -width % block.window_size[1]
+    if not (pad_h or pad_w):
+        return block._attn(x)
+    padded = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return block._attn(padded)[:, :height, :width].contiguous()
+
+
 def run_block(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
-    """timm's block forward, with the method slots of `BlockSlots` applied where set."""
+    """timm's block forward, with `windowed_attention` and the method slots of `BlockSlots` where set."""
     slots: BlockSlots | None = getattr(block, "slots", None)
     if slots is None:
-        return block(x)
-    attn = block._attn(block.norm1(x))
+        slots = EMPTY_SLOTS
+    attn = windowed_attention(block, block.norm1(x))
     if slots.attn_out is not None:
         attn = slots.attn_out(attn)
     x = x + block.drop_path1(attn)
@@ -134,12 +157,15 @@ class SwinBackbone(nn.Module):
         self.stage_dims = spec.stage_dims
         self.output_norms: nn.ModuleList | None = None
 
-    def use_output_norms(self) -> None:
+    def use_output_norms(self, fresh: bool = False) -> None:
         """Switch to the dense-task layout: one LayerNorm per stage output (`output_norms.0-3`,
         the reference backbones' norm0..norm3) in place of the final norm, whose pretrained
-        weights the last one takes. Call before a method is applied."""
+        weights the last one takes, unless `fresh`: then all four start at weight 1, bias 0, as in
+        the reference runs (their checkpoint's `norm` has no `norm3` to load into). Call before a
+        method is applied."""
         norms = nn.ModuleList(nn.LayerNorm(dim, device=self.norm.weight.device) for dim in self.stage_dims)
-        norms[-1].load_state_dict(self.norm.state_dict())
+        if not fresh:
+            norms[-1].load_state_dict(self.norm.state_dict())
         self.output_norms = norms
         del self.norm
 
@@ -215,6 +241,7 @@ def build_swin(
     pretrained_hub: bool = False,
     dynamic_size: bool = False,
     hub_file: Path | None = None,
+    always_partition: bool = False,
 ) -> SwinBackbone:
     """Build a Swin backbone by its short name (`swin_t`, ..., `swin_micro`).
 
@@ -222,7 +249,9 @@ def build_swin(
     connection or a warm Hugging Face cache), from `hub_file` when given (the hub's file, already
     in the cache); other weight sources are loaded afterwards by `peft_bench.backbones.weights`.
     `dynamic_size` accepts any input size (dense tasks), at the cost of computing the
-    shifted-window mask for each input.
+    shifted-window mask for each input. `always_partition` keeps every block's window and shift
+    whatever the size of its map, as the Swin detection and segmentation code does; timm's default
+    shrinks the window of a map no larger than it (stage 3 at 224 px) and drops its shift.
     """
     spec = SWIN_SPECS[name]
     model_name = spec.timm_name
@@ -239,6 +268,7 @@ def build_swin(
         window_size=window_size or spec.window_size,
         drop_path_rate=drop_path_rate,
         strict_img_size=not dynamic_size,
+        always_partition=always_partition,
         pretrained_cfg_overlay={"file": str(hub_file)} if hub_file else None,
     )
     return SwinBackbone(name, spec, body)

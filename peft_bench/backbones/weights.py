@@ -19,6 +19,7 @@ import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import huggingface_hub
 import safetensors.torch
@@ -92,18 +93,16 @@ def _shipped_names() -> str:
     return ", ".join(SHIPPED_WEIGHTS) or "none shipped yet"
 
 
-def build_from_hub(
-    name: str, img_size: int | None, window_size: int | None, drop_path_rate: float, dynamic_size: bool
-) -> SwinBackbone:
+def build_from_hub(name: str, **options: Any) -> SwinBackbone:
     """`build_swin` with the paper's ImageNet-22k weights: from the Hugging Face cache when it holds
     them, else from the hub. Without either it fails at once (the hub client would retry for
-    about a minute), saying how to pass a local checkpoint."""
+    about a minute), saying how to pass a local checkpoint. `options` are `build_swin`'s."""
     spec = SWIN_SPECS[name]
     cached = _cached_hub_file(spec)
     if cached is None and not _hub_reachable():
         raise _hub_error(spec, "there is no network connection and no copy in the Hugging Face cache")
     try:
-        return build_swin(name, img_size, window_size, drop_path_rate, True, dynamic_size, cached)
+        return build_swin(name, pretrained_hub=True, hub_file=cached, **options)
     except Exception as e:  # a cold cache with a network that fails, an HTTP error: the same fixes
         raise _hub_error(spec, f"{type(e).__name__}: {_first_line(e)}") from e
 

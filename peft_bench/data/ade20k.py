@@ -11,8 +11,8 @@ split. The test split is validation.
 
 Training pipeline, as mmseg's ADE20K config: random resize (ratio 0.5-2.0 of the scale, keeping
 the aspect ratio), random crop (re-drawn up to 10 times while one class covers >= 75% of it),
-flip 0.5, mmseg's PhotoMetricDistortion (its saturation step is torchvision's blend with grey
-instead of an HSV multiply), ImageNet normalisation, padding to the crop (0 image, 255 label).
+flip 0.5, mmseg's PhotoMetricDistortion (in HSV, as its cv2 code: `peft_bench.data.colour`),
+ImageNet normalisation, padding to the crop (0 image, 255 label).
 Evaluation resizes the image to the scale, keeping the ratio, and keeps the label at its original
 size: the evaluator resizes the logits back, as mmseg does. Resizes are bilinear without
 antialiasing, as mmcv's cv2 backend.
@@ -35,6 +35,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from peft_bench.config import DataConfig, Selection
 from peft_bench.data.base import TaskData, collate_lists
+from peft_bench.data.colour import change_hsv
 from peft_bench.data.layout import Layout, data_root, require
 from peft_bench.data.splits import selection_of, stratified_holdout, without_holdout
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -108,8 +109,10 @@ def _coin() -> bool:
 
 
 def photometric_distortion(image: torch.Tensor) -> torch.Tensor:
-    """mmseg's PhotoMetricDistortion on a uint8 image: brightness +-32, contrast 0.5-1.5 (before or
-    after the colour steps), saturation 0.5-1.5, hue +-18 of 180; each step with probability 0.5."""
+    """mmseg's PhotoMetricDistortion on a uint8 RGB image, step by step and in its order: brightness
+    +-32, contrast x0.5-1.5 (before or after the colour steps, at random), HSV saturation x0.5-1.5,
+    hue + an integer in [-18, 18) of cv2's 180 hue steps; each step with probability 0.5, each
+    leaving a uint8 image."""
 
     def contrast(x: torch.Tensor) -> torch.Tensor:
         return (x.float() * _uniform(0.5, 1.5)).clamp(0, 255).to(torch.uint8) if _coin() else x
@@ -120,9 +123,11 @@ def photometric_distortion(image: torch.Tensor) -> torch.Tensor:
     if contrast_first:
         image = contrast(image)
     if _coin():
-        image = TF.adjust_saturation(image, _uniform(0.5, 1.5))
+        factor = _uniform(0.5, 1.5)
+        image = change_hsv(image, 1, lambda saturation: (saturation * factor).clamp(0, 1))
     if _coin():
-        image = TF.adjust_hue(image, int(torch.randint(-18, 18, ())) / 180)
+        shift = int(torch.randint(-18, 18, ())) / 180
+        image = change_hsv(image, 0, lambda hue: (hue + shift) % 1.0)
     return image if contrast_first else contrast(image)
 
 

@@ -38,7 +38,10 @@ NON_PROTOCOL_KEYS = (
 
 # Dotted key -> the value that does what the harness did before the key existed.
 NEUTRAL: dict[str, Any] = {
+    "backbone.always_partition": False,
+    "backbone.fresh_output_norms": False,
     "head.init": "trunc_normal",
+    "head.relu_before_extra_convs": True,
     "trainer.no_decay": ["vectors", "position_tables"],
     "trainer.schedule": "warmup_cosine",
     "trainer.warmup_iters": None,

@@ -2,7 +2,8 @@
 
 The neck follows the paper's reference mmdet config for VOC: an FPN over Swin stages 1-3 (strides 8,
 16, 32; widths 2m, 4m, 8m) with 5 outputs, P6 computed from C5 and P7 from P6 (mmdet's
-`add_extra_convs='on_input'`). The head is torchvision's RetinaNet, whose settings match mmdet's
+`add_extra_convs='on_input'`), with a ReLU before P7 as torchvision's or none as mmdet's default
+(`head.relu_before_extra_convs`). The head is torchvision's RetinaNet, whose settings match mmdet's
 RetinaNet: 3 scales x 3 ratios of anchors per level, IoU 0.5 / 0.4 assignment, focal + L1 losses;
 at test, score > 0.05, the top 1000 per level, NMS at 0.5, at most 100 detections per image.
 
@@ -20,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -42,16 +44,37 @@ FPN_STAGES = (1, 2, 3)
 RATIOS = (0.5, 1.0, 2.0)
 
 
+class ExtraLevelsOnInput(LastLevelP6P7):
+    """P6 from C5 and P7 from P6, as mmdet's `add_extra_convs='on_input'`: C5 even where its width
+    equals the FPN's (torchvision then takes P5), and a ReLU before P7 only if `relu` (mmdet's
+    `relu_before_extra_convs`, false by default; torchvision's always has it)."""
+
+    def __init__(self, in_channels: int, out_channels: int, relu: bool) -> None:
+        super().__init__(in_channels, out_channels)
+        self.use_P5 = False
+        self.relu = relu
+
+    def forward(
+        self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]
+    ) -> tuple[list[torch.Tensor], list[str]]:
+        p6 = self.p6(c[-1])
+        p7 = self.p7(F.relu(p6) if self.relu else p6)
+        return [*p, p6, p7], [*names, "p6", "p7"]
+
+
 class SwinFPN(nn.Module):
     """Swin stages -> FPN with P6/P7 from C5: the `backbone` of a torchvision detector."""
 
-    def __init__(self, swin: SwinBackbone, channels: int, stages: tuple[int, ...] = FPN_STAGES) -> None:
+    def __init__(
+        self,
+        swin: SwinBackbone,
+        channels: int,
+        stages: tuple[int, ...] = FPN_STAGES,
+        relu_before_extra_convs: bool = True,
+    ) -> None:
         super().__init__()
         self.body = PyramidBackbone(swin, stages)
-        extra = LastLevelP6P7(self.body.in_channels[-1], channels)
-        # torchvision takes P5 instead of C5 when their widths agree (swin_micro at 256 channels);
-        # mmdet's 'on_input' always takes C5.
-        extra.use_P5 = False
+        extra = ExtraLevelsOnInput(self.body.in_channels[-1], channels, relu_before_extra_convs)
         self.fpn = FeaturePyramidNetwork(self.body.in_channels, channels, extra_blocks=extra)
         self.out_channels = channels
 
@@ -77,7 +100,7 @@ class RetinaNetModel(TaskModel):
                 f"got {list(head.anchor_sizes)}."
             )
         self.detector = RetinaNet(
-            SwinFPN(swin, head.fpn_channels),
+            SwinFPN(swin, head.fpn_channels, relu_before_extra_convs=head.relu_before_extra_convs),
             num_classes=num_classes,
             min_size=tuple(head.min_size),
             max_size=head.max_size,
