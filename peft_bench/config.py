@@ -49,6 +49,13 @@ class NoDecay(str, Enum):
     position_tables = "position_tables"  # relative position bias tables, absolute position embeddings
 
 
+class BoxHead(str, Enum):
+    """The box heads of a Cascade Mask R-CNN stage (`peft_bench.models.cascade`)."""
+
+    shared2fc = "shared2fc"  # two FC layers, class-agnostic deltas, smooth L1 (mmdet's default cascade)
+    convfc = "convfc"  # 4 convs + 1 FC with BN, class-specific deltas, GIoU x10 (the Mona COCO config)
+
+
 class MethodInit(str, Enum):
     """How a method's new Linear layers start."""
 
@@ -86,8 +93,9 @@ class BackboneConfig:
     # segmentation code (the reference's) does; false: timm's, which shrinks the window of a map
     # no larger than it and drops its shift (stage 3 of a 224-px build, any stage of a small map).
     always_partition: bool = False
-    # Dense tasks: the four output norms all start fresh (weight 1, bias 0), as in the reference
-    # runs; false: the last takes the pretrained final norm's weights.
+    # The norms that feed the head start fresh (weight 1, bias 0), as in the reference runs, whose
+    # checkpoint's final `norm` has no place to load (dense: the four per-stage norms; classification:
+    # the final one); false: the pretrained final norm's weights (the last per-stage norm's, dense).
     fresh_output_norms: bool = False
     # As the Swin detection code the paper builds on: >= 0 (and 1) freezes the patch embedding,
     # N >= 2 also stages 0..N-2, whatever the method. The reference VOC detection config uses 1.
@@ -139,6 +147,11 @@ class HeadConfig:
     slide_crop: int = 512  # sliding-window inference: window side and stride
     slide_stride: int = 341
     init: HeadInit = HeadInit.trunc_normal  # the linear classification head's init
+    box_head: BoxHead = BoxHead.shared2fc  # Cascade Mask R-CNN's box heads
+    mmcv_roi_align: bool = False  # RoIAlign as mmcv's (aligned, adaptive sampling); false: torchvision's
+    mmdet_rpn: bool = (
+        False  # the RPN's anchors assigned as mmdet's (border, low-quality IoU); false: torchvision's
+    )
 
 
 @dataclass

@@ -24,12 +24,18 @@ from torchvision.ops import MultiScaleRoIAlign
 from peft_bench.accounting import trainable_manifest
 from peft_bench.backbones.swin import build_swin
 from peft_bench.config import Config, DataConfig, HeadConfig
-from peft_bench.data.coco import build_scene_instance_data
+from peft_bench.data.coco import CropBranch, build_scene_instance_data
 from peft_bench.data.scenes import tight_boxes
-from peft_bench.data.targets import RandomFlip
+from peft_bench.data.targets import RandomFlip, crop_instances, resize_instances
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
-from peft_bench.models.cascade import STAGE_BOX_WEIGHTS, CascadeRoIHeads, CascadeStage, mmdet_stages
+from peft_bench.models.cascade import (
+    STAGE_BOX_WEIGHTS,
+    BoxPredictor,
+    CascadeRoIHeads,
+    CascadeStage,
+    mmdet_stages,
+)
 from peft_bench.tasks.instance import (
     InstanceEvaluator,
     InstanceSegmentationModel,
@@ -204,11 +210,13 @@ def test_metrics_gather_uneven_shards_across_ranks(tmp_path: Path) -> None:
 # The cascade, with hand-made stages whose outputs are known.
 
 
-class ConstantPredictor(nn.Module):
-    """Class logits and an agnostic box delta, the same for every RoI."""
+class ConstantPredictor(BoxPredictor):
+    """Class logits and an agnostic box delta, the same for every RoI (a `BoxPredictor` without its
+    layers, for its class-agnostic `deltas_of` and `per_class`)."""
 
     def __init__(self, logits: list[float], delta: list[float]) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
+        self.class_specific = False
         self.logits = nn.Parameter(torch.tensor(logits))
         self.delta = nn.Parameter(torch.tensor(delta))
 
@@ -292,7 +300,7 @@ def test_stages_use_their_own_iou_threshold_and_box_coding() -> None:
     targets = [{"boxes": GT_BOX, "labels": torch.tensor([2])}]
     positives, regression = [], []
     for stage in heads.stages:
-        rois, _, labels, targets_, from_gt = heads.sample(stage, proposals, targets)
+        rois, _, labels, targets_, _, from_gt = heads.sample(stage, proposals, targets)
         order = rois[0][:, 0].argsort()  # the sampler shuffles: GT box first, then by shift
         assert from_gt[0][order].tolist() == [True, False, False, False]
         positives.append(labels[0][order].tolist())
@@ -490,6 +498,44 @@ def test_flip_moves_boxes_with_their_masks() -> None:
     torch.testing.assert_close(moved["boxes"], boxes_of_masks)
     kept, same = RandomFlip(p=0.0)(image, target)
     assert torch.equal(kept, image) and torch.equal(same["boxes"], target["boxes"])
+
+
+def _agree(target: dict, tolerance: float) -> None:
+    """Every box is the tight box of its mask (within `tolerance` px), and no box lacks area."""
+    boxes_of_masks = torch.from_numpy(tight_boxes(target["masks"].numpy().astype(bool)))
+    torch.testing.assert_close(target["boxes"], boxes_of_masks, rtol=0, atol=tolerance)
+    assert len(target["labels"]) == len(target["boxes"]) == len(target["masks"])
+    assert ((target["boxes"][:, 2:] - target["boxes"][:, :2]) > 0).all()
+
+
+def test_coco_crop_branch_keeps_boxes_and_masks_together() -> None:
+    """Resize then crop: boxes stay the tight boxes of their masks, instances cut out are dropped,
+    instances cut through keep the part inside."""
+    image = torch.rand(3, 300, 500)
+    masks = torch.zeros(3, 300, 500, dtype=torch.uint8)
+    for i, (x0, y0, x1, y1) in enumerate([(10, 20, 110, 120), (200, 50, 480, 290), (460, 10, 495, 40)]):
+        masks[i, y0:y1, x0:x1] = 1
+    target = {
+        "boxes": torch.from_numpy(tight_boxes(masks.numpy().astype(bool))),
+        "labels": torch.tensor([1, 2, 3]),
+        "masks": masks,
+    }
+    resized_image, resized = resize_instances(image, target, short_side=600, max_long_side=1333)
+    assert resized_image.shape[-2:] == (600, 1000) and resized["masks"].shape[-2:] == (600, 1000)
+    _agree(resized, tolerance=1.0)  # nearest-resized masks against scaled boxes
+    cropped_image, cropped = crop_instances(resized_image, resized, top=100, left=100, height=400, width=500)
+    assert torch.equal(cropped_image, resized_image[:, 100:500, 100:600])
+    assert cropped["labels"].tolist() == [1, 2]  # the third object lies right of the window
+    # x2: the first object (20, 40, 220, 240) cut at the window's top-left corner, the second
+    # (400, 100, 960, 580) at its bottom-right
+    assert cropped["boxes"].tolist() == [[0.0, 0.0, 120.0, 140.0], [300.0, 0.0, 500.0, 400.0]]
+    _agree(cropped, tolerance=1.0)
+    torch.manual_seed(0)
+    for _ in range(5):  # the branch itself: a 400-600 short side, then a 384-600 px window
+        branch_image, branched = CropBranch(p=1.0)(image, target)
+        assert all(384 <= side <= 600 for side in branch_image.shape[-2:])
+        assert branched["masks"].shape[-2:] == branch_image.shape[-2:]
+        _agree(branched, tolerance=1.0)
 
 
 def test_missing_coco_names_the_path_and_the_layout(tmp_path: Path) -> None:

@@ -109,19 +109,26 @@ def windowed_attention(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Te
     share a mask region with rows of the bottom edge and attend to them. Padding here first leaves
     timm nothing to pad: its roll and mask then run on the padded map, in the reference's order.
     """
-    height, width = x.shape[1], x.shape[2]
-    pad_h, pad_w = -height % block.window_size[0], -width % block.window_size[1]
+    pad_h, pad_w = _window_padding(block, x)
     if not (pad_h or pad_w):
         return block._attn(x)
     padded = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    return block._attn(padded)[:, :height, :width].contiguous()
+    return block._attn(padded)[:, : x.shape[1], : x.shape[2]].contiguous()
+
+
+def _window_padding(block: SwinTransformerBlock, x: torch.Tensor) -> tuple[int, int]:
+    """The rows and columns that make the (B, H, W, C) map whole windows of the block."""
+    return -x.shape[1] % block.window_size[0], -x.shape[2] % block.window_size[1]
 
 
 def run_block(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
-    """timm's block forward, with `windowed_attention` and the method slots of `BlockSlots` where set."""
+    """timm's block forward, with `windowed_attention` and the method slots of `BlockSlots` where set.
+
+    A block without slots on a map of whole windows runs timm's own forward (its hooks fire)."""
     slots: BlockSlots | None = getattr(block, "slots", None)
-    if slots is None:
-        slots = EMPTY_SLOTS
+    if slots is None and not any(_window_padding(block, x)):
+        return block(x)
+    slots = slots or EMPTY_SLOTS
     attn = windowed_attention(block, block.norm1(x))
     if slots.attn_out is not None:
         attn = slots.attn_out(attn)

@@ -1,8 +1,9 @@
 """Instance segmentation data: COCO 2017, and the embedded scenes in the same target format.
 
 Samples are `(image float (3, H, W) in [0, 1], target)` at the original size (the detector resizes
-them), with targets in torchvision's detection format: `boxes` float32 (N, 4) xyxy in pixels,
-`labels` int64 (N,) with 0 kept for the background, and `masks` uint8 (N, H, W).
+them; in training, a flip and, half the time, the config's resize-and-crop branch: `CropBranch`),
+with targets in torchvision's detection format: `boxes` float32 (N, 4) xyxy in pixels, `labels`
+int64 (N,) with 0 kept for the background, and `masks` uint8 (N, H, W).
 
 COCO: `<root>/annotations/instances_{train,val}2017.json` with `<root>/{train,val}2017/*.jpg`, read
 with pycocotools; polygons and RLEs (compressed or not) become masks through `COCO.annToMask`, and
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +36,8 @@ from peft_bench.data.embedded import scene_task_data
 from peft_bench.data.layout import Layout, data_root, not_found, require
 from peft_bench.data.scenes import DOWNSTREAM_CLASSES, SceneDetection, SceneGenerator
 from peft_bench.data.splits import selection_of, stratified_holdout, without_holdout
-from peft_bench.data.targets import RandomFlip, Target
+from peft_bench.data.targets import Chain, RandomFlip, Target, Transform, crop_instances, resize_instances
 from peft_bench.errors import UserError
-
-Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
 
 COCO_LAYOUT = Layout(
     required=(
@@ -53,6 +51,39 @@ COCO_LAYOUT = Layout(
     "train and val images and the 2017 train/val annotations of cocodataset.org, unzipped into data.root)",
     downloadable=False,
 )
+
+
+class CropBranch:
+    """The crop branch of the Mona COCO config's training augmentation (`AutoAugment` after the
+    flip: with probability 1/2 the multi-scale resize alone, else this branch, then that resize,
+    which the detector does). Resize the shorter side to 400, 500 or 600 (the longer at most
+    1333), then crop a random window of 384-600 px per side (mmdet's `RandomCrop` with
+    `crop_type='absolute_range'`), dropping the instances left without area (`allow_negative_crop`:
+    an image may be left without any)."""
+
+    SHORT_SIDES = (400, 500, 600)
+    CROP = (384, 600)
+    MAX_LONG_SIDE = 1333
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        if torch.rand(()) >= self.p:
+            return image, target
+        short = self.SHORT_SIDES[int(torch.randint(len(self.SHORT_SIDES), ()))]
+        image, target = resize_instances(image, target, short, self.MAX_LONG_SIDE)
+        height, width = image.shape[-2:]
+        crop_h, crop_w = (
+            _between(min(side, self.CROP[0]), min(side, self.CROP[1])) for side in (height, width)
+        )
+        top, left = _between(0, height - crop_h), _between(0, width - crop_w)
+        return crop_instances(image, target, top, left, crop_h, crop_w)
+
+
+def _between(low: int, high: int) -> int:
+    """A random integer in [low, high]."""
+    return int(torch.randint(low, high + 1, ()))
 
 
 class CocoInstances(Dataset):
@@ -123,7 +154,8 @@ def build_coco_data(cfg: DataConfig) -> TaskData:
     names = [train_coco.cats[cat]["name"] for cat in category_ids]
 
     def split(coco: COCO, folder: str, ids: list[int], train: bool) -> CocoInstances:
-        return CocoInstances(coco, root / folder, ids, labels, train, RandomFlip() if train else None)
+        transform = Chain(RandomFlip(), CropBranch()) if train else None
+        return CocoInstances(coco, root / folder, ids, labels, train, transform)
 
     train_ids = sorted(train_coco.getImgIds())
     test = split(val_coco, "val2017", sorted(val_coco.getImgIds()), train=False)

@@ -14,8 +14,22 @@ of the previous one; the class logits of the three stages are averaged (mmdet av
 torchvision's per-class score threshold and NMS; the mask probabilities of the three mask heads on
 the final boxes are averaged, as mmdet's cascade merges them.
 
-Deliberate differences from mmdet: torchvision's losses are reused as they are (`fastrcnn_loss`:
-smooth L1 with beta 1/9 where mmdet's cascade uses beta 1; `maskrcnn_loss`).
+Box heads, two kinds (`head.box_head`):
+
+* `shared2fc`, mmdet's default cascade: two shared FC layers of 1024 (torchvision's `TwoMLPHead`),
+  one class-agnostic box delta per RoI, torchvision's smooth-L1 loss on the deltas (beta 1/9 where
+  mmdet's cascade uses beta 1);
+* `convfc`, the Mona COCO config's (`cascade_mask_swin_base_3x_coco_sample_1_bs_16_*.py`): mmdet's
+  `ConvFCBBoxHead` with four shared 3x3 convs of 256 (BatchNorm, ReLU) and one FC of 1024,
+  class-specific deltas (`reg_class_agnostic=False`) and the GIoU loss x10 on the decoded boxes
+  (`reg_decoded_bbox=True`), summed over the positives and divided by the sampled RoIs (mmdet's
+  `avg_factor`). A stage then refines each RoI with the deltas of its class: the ground truth's in
+  training (the predicted one for negatives), the stage's own arg-max over the object classes at test
+  time, as mmdet's `refine_bboxes` and `regress_by_class` do.
+
+The RoI features come from torchvision's `MultiScaleRoIAlign`, or with `head.mmcv_roi_align` from
+`MmcvRoIAlign`: mmcv's RoIAlign (`aligned=True`, `sampling_ratio=0`) with mmdet's level mapping.
+The mask loss is torchvision's `maskrcnn_loss`.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
@@ -33,28 +48,34 @@ from torchvision.models.detection.roi_heads import (
     maskrcnn_inference,
     maskrcnn_loss,
 )
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, generalized_box_iou_loss, roi_align
 from torchvision.ops import boxes as box_ops
+
+from peft_bench.config import BoxHead
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
 STAGE_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
-REPRESENTATION = 1024  # the width of the two FC layers of each box head
+REPRESENTATION = 1024  # the width of the FC layers of each box head
+CONVFC_CHANNELS = 256  # the width of the ConvFC head's four convolutions
+GIOU_LOSS_WEIGHT = 10.0
+ROI_SIZE = 7
 
 Boxes = list[torch.Tensor]
 
 
-class AgnosticBoxPredictor(nn.Module):
-    """Class logits (background included) and one box delta per RoI shared by all classes (mmdet's
-    `reg_class_agnostic`): a cascade refines one box per RoI, whatever its class. Initialised as
-    mmdet's `BBoxHead` (normal, std 0.01 for the classifier and 0.001 for the regressor). The outputs
-    are float32 even under autocast: torchvision's `BoxCoder` decodes in the dtype of the deltas, and
-    the next stage's RoIs must not be rounded to bfloat16 (mmdet's `force_fp32` does the same)."""
+class BoxPredictor(nn.Module):
+    """Class logits (background included, at 0) and box deltas: one per RoI shared by all classes
+    (mmdet's `reg_class_agnostic`), or one per object class. Initialised as mmdet's `BBoxHead`
+    (normal, std 0.01 for the classifier and 0.001 for the regressor). The outputs are float32 even
+    under autocast: torchvision's `BoxCoder` decodes in the dtype of the deltas, and the next stage's
+    RoIs must not be rounded to bfloat16 (mmdet's `force_fp32` does the same)."""
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, class_specific: bool = False) -> None:
         super().__init__()
+        self.class_specific = class_specific
         self.cls_score = nn.Linear(in_channels, num_classes)
-        self.bbox_pred = nn.Linear(in_channels, 4)
+        self.bbox_pred = nn.Linear(in_channels, 4 * (num_classes - 1) if class_specific else 4)
         for layer, std in ((self.cls_score, 0.01), (self.bbox_pred, 0.001)):
             nn.init.normal_(layer.weight, std=std)
             nn.init.zeros_(layer.bias)
@@ -63,10 +84,78 @@ class AgnosticBoxPredictor(nn.Module):
         x = x.flatten(start_dim=1)
         return self.cls_score(x).float(), self.bbox_pred(x).float()
 
+    def deltas_of(self, deltas: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N, 4): each RoI's deltas for its label in 1..K (class-specific), or the shared ones."""
+        if not self.class_specific:
+            return deltas
+        columns = 4 * (labels.clamp(min=1) - 1)[:, None] + torch.arange(4, device=deltas.device)
+        return deltas.gather(1, columns)
+
+    def per_class(self, deltas: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """(N, 4 * num_classes), background first: the layout torchvision's post-processing reads."""
+        if not self.class_specific:
+            return deltas.repeat(1, num_classes)
+        return torch.cat([deltas.new_zeros(len(deltas), 4), deltas], dim=1)
+
+
+class ConvFCBoxHead(nn.Sequential):
+    """mmdet's `ConvFCBBoxHead(num_shared_convs=4, num_shared_fcs=1)` with a norm: four 3x3 convs
+    (no bias, BatchNorm, ReLU; kaiming-normal, fan-out, as mmcv's `ConvModule`) on the RoI map, then
+    one FC (xavier-uniform, as mmdet inits its shared FCs) with a ReLU."""
+
+    def __init__(self, in_channels: int, roi_size: int = ROI_SIZE) -> None:
+        layers: list[nn.Module] = []
+        for index in range(4):
+            conv = nn.Conv2d(
+                in_channels if index == 0 else CONVFC_CHANNELS, CONVFC_CHANNELS, 3, padding=1, bias=False
+            )
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            layers += [conv, nn.BatchNorm2d(CONVFC_CHANNELS), nn.ReLU(inplace=True)]
+        fc = nn.Linear(CONVFC_CHANNELS * roi_size * roi_size, REPRESENTATION)
+        nn.init.xavier_uniform_(fc.weight)
+        nn.init.zeros_(fc.bias)
+        super().__init__(*layers, nn.Flatten(), fc, nn.ReLU(inplace=True))
+
+
+class MmcvRoIAlign(MultiScaleRoIAlign):
+    """mmdet's `SingleRoIExtractor` with mmcv's `RoIAlign`: the level of a box is
+    floor(log2(sqrt(area) / 56)) clamped to the levels, and each box is pooled from its level with
+    `aligned=True` (pixel centres at +0.5, mmcv's default) and adaptive sampling
+    (`sampling_ratio=0`); torchvision's `MultiScaleRoIAlign` aligns no half pixel. A drop-in for it
+    (torchvision's detectors accept only its subclasses)."""
+
+    def __init__(
+        self, featmap_names: Sequence[str], output_size: int, strides: Sequence[int], finest_scale: int = 56
+    ) -> None:
+        super().__init__(list(featmap_names), output_size, sampling_ratio=0)
+        self.strides = tuple(strides)
+        self.finest_scale = finest_scale
+
+    def levels(self, rois: torch.Tensor) -> torch.Tensor:
+        scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+        levels = torch.floor(torch.log2(scale / self.finest_scale + 1e-6))
+        return levels.clamp(0, len(self.strides) - 1).long()
+
+    def forward(
+        self, features: dict[str, torch.Tensor], boxes: Boxes, image_shapes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        maps = [features[name] for name in self.featmap_names]
+        rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)])
+        levels = self.levels(rois)
+        pooled = maps[0].new_zeros((len(rois), maps[0].shape[1], *self.output_size))
+        for level, (feature, stride) in enumerate(zip(maps, self.strides, strict=True)):
+            index = torch.where(levels == level)[0]
+            level_rois = rois[index].to(feature.dtype)
+            pooled[index] = roi_align(
+                feature, level_rois, self.output_size, 1.0 / stride, sampling_ratio=0, aligned=True
+            ).to(pooled.dtype)
+        return pooled
+
 
 class CascadeStage(nn.Module):
-    """One cascade stage: its heads, the IoU at which its RoIs count as positive, its box coding
-    and the weight of its losses."""
+    """One cascade stage: its heads, the IoU at which its RoIs count as positive, its box coding,
+    the weight of its losses, and its box loss: torchvision's smooth L1 on the deltas, or (with a
+    `giou_loss_weight`) the GIoU loss on the decoded boxes."""
 
     def __init__(
         self,
@@ -77,6 +166,7 @@ class CascadeStage(nn.Module):
         loss_weight: float,
         mask_head: nn.Module | None = None,
         mask_predictor: nn.Module | None = None,
+        giou_loss_weight: float | None = None,
     ) -> None:
         super().__init__()
         self.box_head = box_head
@@ -87,6 +177,28 @@ class CascadeStage(nn.Module):
         self.matcher = det_utils.Matcher(iou_threshold, iou_threshold, allow_low_quality_matches=False)
         self.box_coder = det_utils.BoxCoder(box_weights)
         self.loss_weight = loss_weight
+        self.giou_loss_weight = giou_loss_weight
+
+    def box_losses(
+        self,
+        class_logits: torch.Tensor,
+        deltas: torch.Tensor,
+        rois: Boxes,
+        labels: Boxes,
+        regression_targets: Boxes,
+        matched_boxes: Boxes,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(classification, box) losses of the stage's sampled RoIs (see the class docstring)."""
+        if self.giou_loss_weight is None:
+            per_class = self.box_predictor.per_class(deltas, class_logits.shape[1])
+            return fastrcnn_loss(class_logits, per_class, labels, regression_targets)
+        all_labels = torch.cat(labels)
+        positive = torch.where(all_labels > 0)[0]
+        chosen = self.box_predictor.deltas_of(deltas[positive], all_labels[positive])
+        boxes = self.box_coder.decode_single(chosen, torch.cat(rois)[positive])
+        giou = generalized_box_iou_loss(boxes, torch.cat(matched_boxes)[positive], reduction="sum")
+        loss_box = self.giou_loss_weight * giou / max(1, len(all_labels))  # mmdet's avg_factor: all RoIs
+        return F.cross_entropy(class_logits, all_labels), loss_box
 
     def assign(self, rois: Boxes, gt_boxes: Boxes, gt_labels: Boxes) -> tuple[Boxes, Boxes]:
         """Per image, the matched ground-truth index of each RoI and its label (0: background),
@@ -169,12 +281,12 @@ class CascadeRoIHeads(RoIHeads):
         self.check_targets(targets)
         losses: dict[str, torch.Tensor] = {}
         for index, stage in enumerate(self.stages):
-            rois, matched_idxs, labels, regression_targets, from_gt = self.sample(stage, proposals, targets)
+            rois, matched_idxs, labels, regression_targets, matched_boxes, from_gt = self.sample(
+                stage, proposals, targets
+            )
             class_logits, deltas = self.box_outputs(stage, features, rois, image_shapes)
-            num_classes = class_logits.shape[1]
-            # The one agnostic delta, repeated per class, is what fastrcnn_loss picks for any label.
-            loss_cls, loss_box = fastrcnn_loss(
-                class_logits, deltas.repeat(1, num_classes), labels, regression_targets
+            loss_cls, loss_box = stage.box_losses(
+                class_logits, deltas, rois, labels, regression_targets, matched_boxes
             )
             losses[f"s{index}.loss_classifier"] = stage.loss_weight * loss_cls
             losses[f"s{index}.loss_box_reg"] = stage.loss_weight * loss_box
@@ -182,17 +294,19 @@ class CascadeRoIHeads(RoIHeads):
                 loss_mask = self.mask_loss(stage, features, rois, matched_idxs, labels, image_shapes, targets)
                 losses[f"s{index}.loss_mask"] = stage.loss_weight * loss_mask
             if index + 1 < len(self.stages):
-                refined = self.refine(stage, deltas.detach(), rois, image_shapes)
+                classes = refinement_classes(class_logits, torch.cat(labels))
+                chosen = stage.box_predictor.deltas_of(deltas.detach(), classes)
+                refined = self.refine(stage, chosen, rois, image_shapes)
                 proposals = [boxes[~gt] for boxes, gt in zip(refined, from_gt, strict=True)]
         return losses
 
     def sample(
         self, stage: CascadeStage, proposals: Boxes, targets: list[dict[str, torch.Tensor]]
-    ) -> tuple[Boxes, Boxes, Boxes, Boxes, Boxes]:
+    ) -> tuple[Boxes, Boxes, Boxes, Boxes, Boxes, Boxes]:
         """A stage's training RoIs: `proposals` plus the ground-truth boxes, labelled by the stage's
         matcher and subsampled by the shared sampler. Returns, per image, the RoIs, their matched
-        ground-truth indices, labels, regression targets (in the stage's box coding) and whether
-        each RoI is a ground-truth box."""
+        ground-truth indices, labels, regression targets (in the stage's box coding), matched
+        ground-truth boxes and whether each RoI is a ground-truth box."""
         dtype = proposals[0].dtype
         gt_boxes = [t["boxes"].to(dtype) for t in targets]
         gt_labels = [t["labels"] for t in targets]
@@ -208,7 +322,7 @@ class CascadeRoIHeads(RoIHeads):
             boxes = gt_boxes[i] if gt_boxes[i].numel() else gt_boxes[i].new_zeros((1, 4))
             matched_boxes.append(boxes[matched[-1]])
         regression_targets = stage.box_coder.encode(matched_boxes, rois)
-        return rois, matched, sampled_labels, list(regression_targets), from_gt
+        return rois, matched, sampled_labels, list(regression_targets), matched_boxes, from_gt
 
     def mask_loss(
         self,
@@ -260,11 +374,11 @@ class CascadeRoIHeads(RoIHeads):
             class_logits, deltas = self.box_outputs(stage, features, rois, image_shapes)
             stage_logits.append(class_logits)
             if index + 1 < len(self.stages):
-                rois = self.refine(stage, deltas, rois, image_shapes)
+                chosen = stage.box_predictor.deltas_of(deltas, refinement_classes(class_logits))
+                rois = self.refine(stage, chosen, rois, image_shapes)
         class_logits = torch.stack(stage_logits).mean(0)
-        boxes, scores, labels = self.postprocess_detections(
-            class_logits, deltas.repeat(1, class_logits.shape[1]), rois, image_shapes
-        )
+        per_class = self.stages[-1].box_predictor.per_class(deltas, class_logits.shape[1])
+        boxes, scores, labels = self.postprocess_detections(class_logits, per_class, rois, image_shapes)
         results = [
             {"boxes": b, "labels": c, "scores": s} for b, s, c in zip(boxes, scores, labels, strict=True)
         ]
@@ -278,6 +392,13 @@ class CascadeRoIHeads(RoIHeads):
         return results
 
 
+def refinement_classes(class_logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The class whose deltas refine each RoI: its label where it has an object's (training), else
+    the stage's arg-max over the object classes (mmdet's `refine_bboxes`, `regress_by_class`)."""
+    predicted = class_logits[:, 1:].argmax(dim=1) + 1
+    return predicted if labels is None else torch.where(labels > 0, labels, predicted)
+
+
 def fcn_mask_head(channels: int, num_classes: int) -> tuple[MaskRCNNHeads, MaskRCNNPredictor]:
     """mmdet's `FCNMaskHead` on 14x14 RoI maps of `channels`: four 3x3 convolutions of `channels`, a
     deconvolution, and class-specific mask logits (`num_classes` counts the background)."""
@@ -286,18 +407,22 @@ def fcn_mask_head(channels: int, num_classes: int) -> tuple[MaskRCNNHeads, MaskR
     )
 
 
-def mmdet_stages(channels: int, num_classes: int, masks: bool = True) -> list[CascadeStage]:
-    """The three stages of mmdet's Cascade Mask R-CNN over `channels`-wide FPN maps: box heads of two
-    shared FC layers of 1024 on 7x7 RoI maps (torchvision's `TwoMLPHead`, mmdet's
-    `Shared2FCBBoxHead`), and `fcn_mask_head`s; `num_classes` counts the background."""
+def mmdet_stages(
+    channels: int, num_classes: int, masks: bool = True, box_head: BoxHead = BoxHead.shared2fc
+) -> list[CascadeStage]:
+    """The three stages of mmdet's Cascade Mask R-CNN over `channels`-wide FPN maps, with the box
+    heads of `box_head` (module docstring) on 7x7 RoI maps and `fcn_mask_head`s; `num_classes`
+    counts the background."""
+    convfc = BoxHead(box_head) is BoxHead.convfc
     return [
         CascadeStage(
-            TwoMLPHead(channels * 7 * 7, REPRESENTATION),
-            AgnosticBoxPredictor(REPRESENTATION, num_classes),
+            ConvFCBoxHead(channels) if convfc else TwoMLPHead(channels * ROI_SIZE * ROI_SIZE, REPRESENTATION),
+            BoxPredictor(REPRESENTATION, num_classes, class_specific=convfc),
             iou,
             weights,
             loss_weight,
             *(fcn_mask_head(channels, num_classes) if masks else (None, None)),
+            giou_loss_weight=GIOU_LOSS_WEIGHT if convfc else None,
         )
         for iou, weights, loss_weight in zip(STAGE_IOUS, STAGE_BOX_WEIGHTS, STAGE_LOSS_WEIGHTS, strict=True)
     ]

@@ -31,7 +31,14 @@ from peft_bench.config import Config, HeadConfig
 from peft_bench.data.coco import build_coco_data, build_scene_instance_data
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from peft_bench.errors import UserError
-from peft_bench.models.cascade import REPRESENTATION, CascadeRoIHeads, fcn_mask_head, mmdet_stages
+from peft_bench.models.cascade import (
+    REPRESENTATION,
+    CascadeRoIHeads,
+    MmcvRoIAlign,
+    fcn_mask_head,
+    mmdet_stages,
+)
+from peft_bench.models.rpn import MmdetRPN
 from peft_bench.tasks.base import Task, TaskData, TaskModel
 from peft_bench.tasks.pyramid import PyramidBackbone
 
@@ -39,6 +46,7 @@ HEADS = ("mask_rcnn", "cascade_mask_rcnn")
 ANCHOR_SIZES = (32, 64, 128, 256, 512)  # mmdet's scale 8 at strides 4-64 (torchvision's default)
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 MASK_THRESHOLD = 0.5  # mask probabilities above it belong to the instance (mmdet's mask_thr_binary)
+RPN_IOUS, RPN_SAMPLES = (0.7, 0.3), 256  # torchvision's defaults, mmdet's train_cfg.rpn
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,13 @@ def build_detector(
         )
     channels, classes = head.fpn_channels, num_classes + 1  # torchvision counts the background
     mask_head, mask_predictor = fcn_mask_head(channels, classes)
+    pools = {}
+    if head.mmcv_roi_align:
+        levels, strides = ["0", "1", "2", "3"], (4, 8, 16, 32)
+        pools = {
+            "box_roi_pool": MmcvRoIAlign(levels, 7, strides),
+            "mask_roi_pool": MmcvRoIAlign(levels, 14, strides),
+        }
     detector = MaskRCNN(
         SwinFPN(swin, channels),
         min_size=tuple(head.min_size),
@@ -124,12 +139,25 @@ def build_detector(
         box_predictor=Float32BoxPredictor(REPRESENTATION, classes),
         mask_head=mask_head,
         mask_predictor=mask_predictor,
+        **pools,
     )
+    if head.mmdet_rpn:
+        detector.rpn = MmdetRPN(
+            detector.rpn.anchor_generator,
+            detector.rpn.head,
+            fg_iou_thresh=RPN_IOUS[0],
+            bg_iou_thresh=RPN_IOUS[1],
+            batch_size_per_image=RPN_SAMPLES,
+            positive_fraction=0.5,
+            pre_nms_top_n={"training": budget.rpn_pre_nms[0], "testing": budget.rpn_pre_nms[1]},
+            post_nms_top_n={"training": budget.rpn_post_nms[0], "testing": budget.rpn_post_nms[1]},
+            nms_thresh=0.7,
+        )
     if head.name == "cascade_mask_rcnn":
         plain = detector.roi_heads
         detector.roi_heads = CascadeRoIHeads(
             plain.box_roi_pool,
-            mmdet_stages(channels, classes),
+            mmdet_stages(channels, classes, box_head=head.box_head),
             plain.mask_roi_pool,
             batch_size_per_image=budget.roi_samples,
             positive_fraction=plain.fg_bg_sampler.positive_fraction,
