@@ -56,8 +56,8 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float) -> L
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
+        decay = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * decay
 
     return factor
 
