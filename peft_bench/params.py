@@ -37,8 +37,8 @@ def count(cfg: DictConfig) -> dict[str, Any]:
             cfg.backbone.window_size,
             always_partition=cfg.backbone.always_partition,  # changes the size of a shrunk window's table
         )
-        if build_task(cfg.data.task).dense:
-            backbone.use_output_norms(fresh=cfg.backbone.fresh_output_norms)
+        dense = build_task(cfg.data.task).dense
+        backbone.prepare_output_norms(per_stage=dense, fresh=cfg.backbone.fresh_output_norms)
         build_method(cfg.method).apply(backbone)
         backbone.freeze_stages(cfg.backbone.frozen_stages)
     counts = parameter_counts(backbone, backbone)

@@ -101,10 +101,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     task = build_task(cfg.data.task)
     data = task.build_data(cfg)  # first: a missing dataset fails before any model is built
     backbone = build_backbone(cfg.backbone, dynamic_size=task.dense)
-    if task.dense:
-        backbone.use_output_norms(fresh=cfg.backbone.fresh_output_norms)
-    elif cfg.backbone.fresh_output_norms:  # the reference classifies from a fresh norm3
-        backbone.norm.reset_parameters()
+    backbone.prepare_output_norms(per_stage=task.dense, fresh=cfg.backbone.fresh_output_norms)
     fingerprint = backbone_fingerprint(backbone)  # of the base weights, before any tuning
     build_method(cfg.method).apply(backbone)
     backbone.freeze_stages(cfg.backbone.frozen_stages)

@@ -164,6 +164,15 @@ class SwinBackbone(nn.Module):
         self.stage_dims = spec.stage_dims
         self.output_norms: nn.ModuleList | None = None
 
+    def prepare_output_norms(self, per_stage: bool, fresh: bool) -> None:
+        """The norms that feed the head: one per stage (`use_output_norms`, dense tasks) or the final
+        one; `fresh` starts them at weight 1, bias 0, as in the reference runs. Call before a
+        method is applied."""
+        if per_stage:
+            self.use_output_norms(fresh)
+        elif fresh:
+            self.norm.reset_parameters()
+
     def use_output_norms(self, fresh: bool = False) -> None:
         """Switch to the dense-task layout: one LayerNorm per stage output (`output_norms.0-3`,
         the reference backbones' norm0..norm3) in place of the final norm, whose pretrained

@@ -123,8 +123,9 @@ def _hub_model(spec: SwinSpec) -> str:
 
 def _cached_hub_file(spec: SwinSpec) -> Path | None:
     """The weights file of the hub repository in the local Hugging Face cache, if it is there."""
+    repository = _hub_model(spec)
     for filename in HUB_FILES:
-        path = try_to_load_from_cache(_hub_model(spec), filename)
+        path = try_to_load_from_cache(repository, filename)
         if isinstance(path, str):
             return Path(path)
     return None

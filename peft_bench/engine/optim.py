@@ -22,9 +22,8 @@ POSITION_TABLES = ("relative_position_bias_table", "absolute_pos_embed")
 HARNESS_NO_DECAY = (NoDecay.vectors, NoDecay.position_tables)
 
 
-def exempt_from_decay(module: nn.Module, leaf: str, param: nn.Parameter, rules: Sequence[NoDecay]) -> bool:
+def exempt_from_decay(module: nn.Module, leaf: str, param: nn.Parameter, rules: set[NoDecay]) -> bool:
     """Whether `param`, registered as `leaf` in `module`, takes no weight decay under `rules`."""
-    rules = {NoDecay(rule) for rule in rules}
     return (
         (NoDecay.vectors in rules and param.ndim <= 1)
         or (NoDecay.layer_norms in rules and isinstance(module, nn.LayerNorm))
@@ -55,9 +54,10 @@ def parameter_groups(
     neck and head, which start from scratch) take `lr * head_lr_mult`, as mmdet's and mmseg's
     `paramwise_cfg` multipliers do."""
     backbone = {id(p) for p in model.backbone.parameters()} if isinstance(model, TaskModel) else None
+    rules = {NoDecay(rule) for rule in no_decay}
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for module, leaf, p in _trainable(model):
-        decay = 0.0 if exempt_from_decay(module, leaf, p, no_decay) else weight_decay
+        decay = 0.0 if exempt_from_decay(module, leaf, p, rules) else weight_decay
         group_lr = lr if backbone is None or id(p) in backbone else lr * head_lr_mult
         groups.setdefault((decay, group_lr), []).append(p)
     return [{"params": ps, "weight_decay": decay, "lr": group_lr} for (decay, group_lr), ps in groups.items()]

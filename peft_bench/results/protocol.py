@@ -57,7 +57,7 @@ NEUTRAL: dict[str, Any] = {
 
 # What each model-selection choice (`data.selection_split`, set by `protocol=...`) is called in
 # records and tables, and what it means.
-PROTOCOLS = {"val": "harness", "none": "paper", "test": "test-selected"}
+PROTOCOLS = {Selection.val: "harness", Selection.none: "paper", Selection.test: "test-selected"}
 PROTOCOL_MEANING = {
     "harness": "trained on the training split less a val split; the best checkpoint on val",
     "paper": "trained on the whole training split; the last checkpoint",
@@ -85,7 +85,7 @@ def _pop(tree: dict[str, Any], dotted: str, only_if: Any = ...) -> None:
 
 def protocol_name(selection_split: str) -> str:
     """`harness`, `paper` or `test-selected`: how a run chose the checkpoint it reports."""
-    return PROTOCOLS[Selection(selection_split).value]
+    return PROTOCOLS[Selection(selection_split)]
 
 
 def protocol_hash(cfg: DictConfig) -> str:
