@@ -9,13 +9,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from peft_bench.config import register_configs
 from peft_bench.errors import TrainingDiverged, UserError
+from peft_bench.registry import register_configs
 
 register_configs()
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="pkg://peft_bench.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from peft_bench.run import run
 

@@ -24,12 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from hydra import compose
 
-from peft_bench.backbones.swin import build_swin
+from peft_bench.builder import build_task_model
+from peft_bench.config import Device
+from peft_bench.engine.distributed import resolve_device
 from peft_bench.engine.optim import build_optimizer
-from peft_bench.methods import METHODS, build_method
+from peft_bench.errors import UserError
+from peft_bench.methods import METHODS
+from peft_bench.models.base import TaskModel
+from peft_bench.registry import config_session, load_plugins
 from peft_bench.results.atomic import write_text_atomic
-from peft_bench.tasks.classification import ClassificationModel
 
 COLUMNS = [
     "method",
@@ -53,7 +58,7 @@ COLUMNS = [
 @dataclass
 class Candidate:
     method: str
-    model: ClassificationModel
+    model: TaskModel
     optimizer: torch.optim.Optimizer
     step_s: list[float] = field(default_factory=list)
     infer_s: list[float] = field(default_factory=list)
@@ -112,13 +117,16 @@ def step_memory_account(c: Candidate, images: torch.Tensor, targets: torch.Tenso
 def build_candidates(
     methods: list[str], backbone: str, img_size: int, device: torch.device
 ) -> list[Candidate]:
+    """Each method's classifier over 100 classes, built as a run builds it (random weights)."""
     candidates = []
-    for name in methods:
-        torch.manual_seed(0)
-        net = build_swin(backbone, img_size=img_size)
-        build_method(METHODS[name].config_class(name=name)).apply(net)
-        model = ClassificationModel(net, num_classes=100).to(device)
-        candidates.append(Candidate(name, model, build_optimizer(model, lr=1e-4, weight_decay=0.05)))
+    with config_session():
+        for name in methods:
+            cfg = compose(
+                "config", [f"method={name}", f"backbone={backbone}", f"backbone.img_size={img_size}"]
+            )
+            torch.manual_seed(0)
+            model = build_task_model(cfg, num_classes=100, pretrained=False).to(device)
+            candidates.append(Candidate(name, model, build_optimizer(model, lr=1e-4, weight_decay=0.05)))
     return candidates
 
 
@@ -194,20 +202,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--methods", default="all", help="comma-separated, or 'all'")
     parser.add_argument("--repeats", type=int, default=15, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", choices=[d.value for d in Device])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="CSV path (default results/bench/...)")
     args = parser.parse_args(argv)
 
+    load_plugins()
     methods = sorted(METHODS) if args.methods == "all" else args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(sorted(METHODS))}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    try:
+        device = resolve_device(args.device)
+    except UserError as error:
+        parser.error(str(error))
     candidates = build_candidates(methods, args.backbone, args.img_size, device)
     measure(candidates, args.batch, args.img_size, args.repeats, args.warmup, device)
     rows = table(candidates, args.backbone, args.img_size, args.batch, device)

@@ -1,8 +1,8 @@
 """The structured-config schema: every key a run accepts, with its type and default.
 
 Hydra merges `conf/` over these dataclasses, so a misspelt key or a wrong type fails at start-up
-with the key named. Each method registers its own schema (a subclass of `MethodConfig`) under
-`schema/method/<name>`; the YAML file of a method names it in its defaults list.
+with the key named. Each method registers its own schema (a subclass of `MethodConfig`) with
+`peft_bench.methods.register_method`; `peft_bench.registry.register_configs` stores them all.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
@@ -68,6 +67,35 @@ class HeadInit(str, Enum):
 
     trunc_normal = "trunc_normal"  # std 0.02, zero bias: Swin's `_init_weights`
     normal = "normal"  # std 0.01, zero bias: mmcls's LinearClsHead, the reference's head
+
+
+class Inference(str, Enum):
+    """How semantic segmentation predicts an image (`peft_bench.models.segmenter`)."""
+
+    whole = "whole"  # the image at once
+    slide = "slide"  # mmseg's sliding window
+
+
+class Resume(str, Enum):
+    auto = "auto"  # continue an interrupted run of the same id, or skip a completed one
+    never = "never"  # a new run id, stamped with the time
+
+
+class Device(str, Enum):
+    auto = "auto"  # CUDA where there is one, else the CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class LoggerName(str, Enum):
+    none = "none"
+    wandb = "wandb"
+
+
+class WandbMode(str, Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
 
 
 @dataclass
@@ -143,7 +171,7 @@ class HeadConfig:
     max_size: int = 1333
     channels: int = 512  # UperNet's channels
     aux_weight: float = 0.4  # UperNet's auxiliary FCN head (on stage 3) loss weight
-    inference: str = "whole"  # semantic segmentation: whole | slide
+    inference: Inference = Inference.whole  # semantic segmentation
     slide_crop: int = 512  # sliding-window inference: window side and stride
     slide_stride: int = 341
     init: HeadInit = HeadInit.trunc_normal  # the linear classification head's init
@@ -181,21 +209,21 @@ class TrainerConfig:
     clip_grad_norm: float | None = 5.0
     label_smoothing: float = 0.0
     amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on the CPU
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = Device.auto
     seed: int = 0
     eval_every: int = 1  # validate every N epochs
     log_every: int = 1  # write a history row every N optimiser steps
-    resume: str = "auto"  # auto: continue or skip an existing run of the same id; never: new run id
+    resume: Resume = Resume.auto
     progress: bool = True  # a tqdm progress bar
     threads: int | None = None  # torch CPU threads; None: torch's default
 
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none | wandb
+    name: LoggerName = LoggerName.none
     project: str = "peft_bench"
     entity: str | None = None
-    mode: str | None = None  # online | offline | disabled; None: WANDB_MODE or wandb's default
+    mode: WandbMode | None = None  # None: WANDB_MODE or wandb's default
     tags: list[str] = field(default_factory=list)
 
 
@@ -216,13 +244,3 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_id: str | None = None  # None: derived from the protocol (so the same command resumes)
-
-
-def register_configs() -> None:
-    """Register the schema and every method's schema with Hydra's ConfigStore."""
-    from peft_bench.methods import METHODS
-
-    store = ConfigStore.instance()
-    store.store(name="schema", node=Config)
-    for name, method in METHODS.items():
-        store.store(group="schema/method", name=name, node=method.config_class)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from peft_bench.config import LoggerConfig
+from peft_bench.config import LoggerConfig, LoggerName
 from peft_bench.errors import UserError
 
 
@@ -53,8 +53,6 @@ class WandbLogger:
 
 
 def make_logger(cfg: LoggerConfig, run_id: str, config: dict[str, Any], results_dir: str) -> Logger:
-    if cfg.name == "none":
-        return NullLogger()
-    if cfg.name == "wandb":
+    if LoggerName(cfg.name) is LoggerName.wandb:
         return WandbLogger(cfg, run_id, config, results_dir)
-    raise UserError(f"Unknown logger {cfg.name!r}: use logger=none or logger=wandb.")
+    return NullLogger()

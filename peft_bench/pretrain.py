@@ -22,8 +22,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save
 
-from peft_bench.config import register_configs
 from peft_bench.errors import TrainingDiverged, UserError
+from peft_bench.registry import register_configs
 from peft_bench.results.atomic import write_atomic, write_json_atomic
 from peft_bench.results.store import run_dir
 
@@ -56,7 +56,7 @@ def export_backbone(record: dict[str, Any], cfg: DictConfig, output: Path) -> di
     return info
 
 
-@hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
+@hydra.main(config_path="pkg://peft_bench.conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from peft_bench.run import run
 

@@ -1,4 +1,4 @@
-"""One run, end to end: config -> backbone -> method -> task model -> trainer -> run record."""
+"""One run, end to end: config -> data -> task model (`peft_bench.builder`) -> trainer -> run record."""
 
 from __future__ import annotations
 
@@ -18,17 +18,15 @@ import torchvision
 from omegaconf import DictConfig, OmegaConf
 
 from peft_bench.accounting import parameter_counts, trainable_manifest
-from peft_bench.backbones import build_backbone
+from peft_bench.builder import build_data, build_task_model, check_choices
+from peft_bench.config import Resume
 from peft_bench.delta import backbone_fingerprint, save_delta
 from peft_bench.engine.distributed import DistInfo, broadcast_object, init_distributed, shutdown_distributed
-from peft_bench.engine.trainer import Trainer
-from peft_bench.errors import UserError
+from peft_bench.engine.trainer import Trainer, check_batch_fits
 from peft_bench.loggers import make_logger
-from peft_bench.methods import build_method
 from peft_bench.results.atomic import write_json_atomic, write_text_atomic
 from peft_bench.results.protocol import protocol_hash, protocol_name, run_id_for
 from peft_bench.results.store import read_record, run_dir, write_history, write_record
-from peft_bench.tasks import build_task
 
 
 def seed_everything(seed: int) -> None:
@@ -69,10 +67,8 @@ def device_name(info: DistInfo) -> str:
 def resolve_run_id(cfg: DictConfig, info: DistInfo) -> str:
     """The protocol-derived id; with `trainer.resume=never`, a fresh id stamped with the time."""
     run_id = run_id_for(cfg)
-    if cfg.trainer.resume == "never":
+    if Resume(cfg.trainer.resume) is Resume.never:
         run_id = f"{run_id}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
-    elif cfg.trainer.resume != "auto":
-        raise UserError(f"Unknown trainer.resume {cfg.trainer.resume!r}: use auto or never.")
     return broadcast_object(run_id, info)
 
 
@@ -98,14 +94,14 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
 
     started = time.time()
     seed_everything(cfg.trainer.seed)
-    task = build_task(cfg.data.task)
-    data = task.build_data(cfg)  # first: a missing dataset fails before any model is built
-    backbone = build_backbone(cfg.backbone, dynamic_size=task.dense)
-    backbone.prepare_output_norms(per_stage=task.dense, fresh=cfg.backbone.fresh_output_norms)
-    fingerprint = backbone_fingerprint(backbone)  # of the base weights, before any tuning
-    build_method(cfg.method).apply(backbone)
-    backbone.freeze_stages(cfg.backbone.frozen_stages)
-    model = task.build_model(backbone, data, cfg)
+    task = check_choices(cfg)
+    data = build_data(cfg)  # first: a missing dataset fails before any model is built
+    check_batch_fits(len(data.train), cfg.data.batch_size, info.world_size)
+    fingerprints: list[str] = []  # of the base weights, before any tuning
+    model = build_task_model(
+        cfg, data.num_classes, on_base=lambda b: fingerprints.append(backbone_fingerprint(b))
+    )
+    (fingerprint,) = fingerprints
 
     record: dict[str, Any] = {
         "run_id": run_id,

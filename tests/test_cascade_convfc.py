@@ -19,8 +19,8 @@ from peft_bench.models.cascade import (
     mmdet_stages,
     refinement_classes,
 )
+from peft_bench.models.mask_rcnn import InstanceSegmentationModel, ProposalBudget
 from peft_bench.models.rpn import MmdetRPN
-from peft_bench.tasks.instance import InstanceSegmentationModel, ProposalBudget
 
 COCO_CLASSES = 80
 

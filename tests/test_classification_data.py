@@ -19,7 +19,7 @@ from PIL import Image
 from peft_bench.config import DataConfig
 from peft_bench.data import classification
 from peft_bench.data.classification import (
-    BUILDERS,
+    CLASSIFICATION_DATASETS,
     VOC_CLASSES,
     TaskData,
     build_classification_data,
@@ -353,6 +353,6 @@ def test_unset_root_and_unknown_names_are_user_errors() -> None:
         _build("pets", None)
     with pytest.raises(UserError) as error:
         _build("cifar", None)
-    assert all(name in str(error.value) for name in BUILDERS)
+    assert all(name in str(error.value) for name in CLASSIFICATION_DATASETS)
     with pytest.raises(UserError, match="selection_split"):
         _build("digits", None, selection_split="train")

@@ -13,7 +13,7 @@ from peft_bench.backbones.swin import build_swin
 from peft_bench.delta import backbone_fingerprint, load_delta, read_delta_metadata, save_delta
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
-from peft_bench.tasks.classification import ClassificationModel
+from peft_bench.models.classifier import ClassificationModel
 
 
 def tuned_model(method: str, base_seed: int) -> tuple[ClassificationModel, str]:

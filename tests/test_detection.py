@@ -15,13 +15,14 @@ from conftest import SMOKE, records, run_cli
 from PIL import Image
 
 from peft_bench.backbones.swin import build_swin
-from peft_bench.config import Config, DataConfig, HeadConfig
+from peft_bench.builder import build_data, build_task_model, head_of, task_of
+from peft_bench.config import BackboneConfig, Config, DataConfig, HeadConfig
 from peft_bench.data.classification import VOC_CLASSES
 from peft_bench.data.voc import VOCDetectionSplit, parse_annotation
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
-from peft_bench.metrics.voc_map import Detections, GroundTruth, voc_map
-from peft_bench.tasks.detection import DetectionTask, RetinaNetModel, SwinFPN, VOCEvaluator
+from peft_bench.metrics.voc_map import Detections, GroundTruth, VOCEvaluator, voc_map
+from peft_bench.models.retinanet import RetinaNetModel, retinanet_fpn
 
 
 @pytest.fixture(autouse=True)
@@ -178,25 +179,25 @@ def ids(split: VOCDetectionSplit) -> list[str]:
 
 
 def test_voc_splits_and_selection(voc_root: Path) -> None:
-    data = DetectionTask().build_data(voc_config(voc_root, val_fraction=0.5, split_seed=3))
+    data = build_data(voc_config(voc_root, val_fraction=0.5, split_seed=3))
     assert data.num_classes == 20 and data.class_names == list(VOC_CLASSES)
     assert sorted(ids(data.train) + ids(data.val)) == TRAINVAL and ids(data.test) == TEST
     # Stratified by the class of the largest non-difficult object (dog, person, cat, cat): only cat
     # has two images, so one cat image is held out.
     assert len(ids(data.val)) == 1 and ids(data.val)[0] in ("000003", "000004")
     assert "VOC2007 trainval" in data.selection and "no VOC2012" in data.selection
-    again = DetectionTask().build_data(voc_config(voc_root, val_fraction=0.5, split_seed=3))
+    again = build_data(voc_config(voc_root, val_fraction=0.5, split_seed=3))
     assert ids(again.val) == ids(data.val)
 
-    reference = DetectionTask().build_data(voc_config(voc_root, selection_split="test"))
+    reference = build_data(voc_config(voc_root, selection_split="test"))
     assert ids(reference.train) == TRAINVAL and reference.val is reference.test
     assert reference.selection.startswith("test:")
-    paper = DetectionTask().build_data(voc_config(voc_root, selection_split="none"))
+    paper = build_data(voc_config(voc_root, selection_split="none"))
     assert ids(paper.train) == TRAINVAL and paper.val is None
 
 
 def test_voc_targets(voc_root: Path) -> None:
-    data = DetectionTask().build_data(voc_config(voc_root, selection_split="test"))
+    data = build_data(voc_config(voc_root, selection_split="test"))
     image, target = data.test[0]  # 000005: a dog, and a difficult bird
     assert (
         image.shape == (3, HEIGHT, WIDTH)
@@ -235,7 +236,7 @@ def test_voc_targets(voc_root: Path) -> None:
 
 def test_missing_voc_names_the_path_and_layout(tmp_path: Path) -> None:
     with pytest.raises(UserError) as error:
-        DetectionTask().build_data(voc_config(tmp_path))
+        build_data(voc_config(tmp_path))
     message = str(error.value)
     assert str(tmp_path / "VOCdevkit" / "VOC2007" / "JPEGImages") in message
     assert "ImageSets/Main/trainval.txt" in message and "data.root=" in message
@@ -255,7 +256,7 @@ def micro_backbone(method: str = "full"):
 
 
 def test_fpn_takes_p6_from_c5_even_when_widths_agree() -> None:
-    neck = SwinFPN(micro_backbone(), channels=256)  # C5 of swin_micro is 256 wide too
+    neck = retinanet_fpn(micro_backbone(), HeadConfig(fpn_channels=256))  # C5 of swin_micro is 256 wide too
     images = torch.randn(1, 3, 64, 64)
     features = neck(images)
     assert [tuple(f.shape[-2:]) for f in features.values()] == [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
@@ -266,7 +267,7 @@ def test_fpn_takes_p6_from_c5_even_when_widths_agree() -> None:
 @pytest.mark.parametrize("relu", [True, False])
 def test_p7_follows_p6_with_or_without_the_relu_between(relu: bool) -> None:
     """torchvision puts a ReLU between P6 and P7; mmdet's FPN (the reference VOC config) does not."""
-    neck = SwinFPN(micro_backbone(), channels=32, relu_before_extra_convs=relu)
+    neck = retinanet_fpn(micro_backbone(), HeadConfig(fpn_channels=32, relu_before_extra_convs=relu))
     with torch.no_grad():
         features = neck(torch.randn(1, 3, 128, 128))
         p6 = features["p6"]
@@ -279,9 +280,8 @@ def test_p7_follows_p6_with_or_without_the_relu_between(relu: bool) -> None:
 
 def test_training_step_and_predict_on_voc(voc_root: Path) -> None:
     cfg = voc_config(voc_root, selection_split="test")
-    task = DetectionTask()
-    data = task.build_data(cfg)
-    model = task.build_model(micro_backbone(), data, cfg)
+    data = build_data(cfg)
+    model = head_of(cfg).build(micro_backbone(), data.num_classes, cfg)
     assert isinstance(model, RetinaNetModel)
     assert model.detector.head.classification_head.num_classes == 20
     images, targets = data.collate_fn([data.train[i] for i in range(2)])
@@ -301,7 +301,7 @@ def test_training_step_and_predict_on_voc(voc_root: Path) -> None:
         assert 0 < n <= 100 and prediction["boxes"].shape == (n, 4) and prediction["labels"].shape == (n,)
         assert prediction["labels"].min() >= 1 and prediction["labels"].max() <= 20
         assert prediction["boxes"][:, 2].max() <= WIDTH and prediction["boxes"][:, 3].max() <= HEIGHT
-    evaluator = task.build_evaluator(data, torch.device("cpu"))
+    evaluator = task_of(cfg).build_evaluator(data, torch.device("cpu"))
     evaluator.update(predictions, targets)
     assert 0.0 <= evaluator.compute()["ap50"] <= 100.0
 
@@ -311,7 +311,14 @@ def test_one_training_step_per_method(method: str) -> None:
     head = HeadConfig(
         name="retinanet", fpn_channels=32, min_size=[64], max_size=64, anchor_sizes=[8, 16, 32, 64, 128]
     )
-    model = RetinaNetModel(micro_backbone(method), num_classes=10, head=head)
+    cfg = Config(
+        method=METHODS[method].config_class(name=method),
+        backbone=BackboneConfig(name="swin_micro"),
+        data=DataConfig(name="shapes_det", task="detection"),
+        head=head,
+    )
+    torch.manual_seed(0)
+    model = build_task_model(cfg, num_classes=10)
     generator = torch.Generator().manual_seed(1)
     images = [torch.rand(3, 64, 64, generator=generator) for _ in range(2)]
     targets = [
@@ -336,7 +343,7 @@ def test_scene_detection_data() -> None:
         ),
         head=HeadConfig(name="retinanet", min_size=[96], max_size=96),
     )
-    data = DetectionTask().build_data(cfg)
+    data = build_data(cfg)
     assert (len(data.train), len(data.val), len(data.test)) == (4, 2, 2) and data.num_classes == 10
     images, targets = data.collate_fn([data.val[0], data.val[1]])
     assert images[0].shape == (3, 96, 96)

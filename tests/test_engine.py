@@ -20,10 +20,10 @@ from peft_bench.engine.optim import parameter_groups
 from peft_bench.engine.schedules import warmup_cosine
 from peft_bench.methods import METHODS, build_method
 from peft_bench.methods.mona import MonaConfig
+from peft_bench.models.classifier import ClassificationModel
 from peft_bench.results.atomic import write_atomic, write_json_atomic
 from peft_bench.results.protocol import protocol_hash, run_id_for
 from peft_bench.results.store import load_runs
-from peft_bench.tasks.classification import ClassificationModel
 
 
 def test_warmup_cosine_matches_the_closed_form() -> None:

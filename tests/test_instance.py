@@ -23,12 +23,15 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from peft_bench.accounting import trainable_manifest
 from peft_bench.backbones.swin import build_swin
+from peft_bench.builder import build_data
 from peft_bench.config import Config, DataConfig, HeadConfig
-from peft_bench.data.coco import CropBranch, build_scene_instance_data
+from peft_bench.data.coco import CropBranch
+from peft_bench.data.embedded import build_scene_instance_data
 from peft_bench.data.scenes import tight_boxes
 from peft_bench.data.targets import RandomFlip, crop_instances, resize_instances
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
+from peft_bench.metrics.coco import InstanceEvaluator
 from peft_bench.models.cascade import (
     STAGE_BOX_WEIGHTS,
     BoxPredictor,
@@ -36,12 +39,7 @@ from peft_bench.models.cascade import (
     CascadeStage,
     mmdet_stages,
 )
-from peft_bench.tasks.instance import (
-    InstanceEvaluator,
-    InstanceSegmentationModel,
-    InstanceSegmentationTask,
-    ProposalBudget,
-)
+from peft_bench.models.mask_rcnn import InstanceSegmentationModel, ProposalBudget
 
 
 @pytest.fixture(autouse=True)
@@ -444,7 +442,7 @@ def _by_id(dataset, image_id: int) -> tuple[torch.Tensor, dict]:
 
 
 def test_coco_loader_reads_polygons_rle_and_crowds_in_the_real_layout(coco_root: Path) -> None:
-    data = InstanceSegmentationTask().build_data(_config(root=str(coco_root), selection_split="test"))
+    data = build_data(_config(root=str(coco_root), selection_split="test"))
     assert (data.num_classes, data.class_names) == (3, ["person", "car", "toothbrush"])
     assert data.val is data.test and "val2017" in data.selection
     assert data.train.image_ids == [1, 2, 3]  # image 4 has no object to train on
@@ -477,12 +475,12 @@ def test_coco_loader_reads_polygons_rle_and_crowds_in_the_real_layout(coco_root:
 
 def test_coco_holds_out_part_of_train2017_for_validation(coco_root: Path) -> None:
     cfg = _config(root=str(coco_root), val_fraction=0.25, split_seed=3)
-    data = InstanceSegmentationTask().build_data(cfg)
+    data = build_data(cfg)
     assert len(data.val) == 1 and "25%" in data.selection
     assert not set(data.val.image_ids) & set(data.train.image_ids)
     assert set(data.val.image_ids) | set(data.train.image_ids) | {4} == {1, 2, 3, 4}
     assert data.test.image_ids == [11, 12]
-    again = InstanceSegmentationTask().build_data(cfg)
+    again = build_data(cfg)
     assert again.val.image_ids == data.val.image_ids
 
 
@@ -540,12 +538,12 @@ def test_coco_crop_branch_keeps_boxes_and_masks_together() -> None:
 
 def test_missing_coco_names_the_path_and_the_layout(tmp_path: Path) -> None:
     with pytest.raises(UserError) as error:
-        InstanceSegmentationTask().build_data(_config(root=str(tmp_path / "nowhere")))
+        build_data(_config(root=str(tmp_path / "nowhere")))
     message = str(error.value)
     assert str(tmp_path / "nowhere" / "annotations" / "instances_train2017.json") in message
     assert "val2017" in message and "data.root" in message
     with pytest.raises(UserError, match="selection_split"):
-        InstanceSegmentationTask().build_data(_config(root=str(tmp_path), selection_split="train"))
+        build_data(_config(root=str(tmp_path), selection_split="train"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,19 +15,14 @@ from torch import nn
 
 from peft_bench.accounting import trainable_manifest
 from peft_bench.backbones.swin import build_swin
+from peft_bench.builder import build_data, head_of, task_of
 from peft_bench.config import Config, DataConfig, HeadConfig, MethodConfig
 from peft_bench.data.ade20k import ADE20K_CLASSES
 from peft_bench.data.base import collate_lists
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
-from peft_bench.metrics.miou import SegmentationScores
-from peft_bench.tasks.semantic import (
-    SegmentationEvaluator,
-    SemanticSegmentationTask,
-    UperNetSegmenter,
-    slide_inference,
-    slide_windows,
-)
+from peft_bench.metrics.miou import SegmentationEvaluator, SegmentationScores
+from peft_bench.models.segmenter import UperNetSegmenter, slide_inference, slide_windows
 
 ADE_SIZE = (32, 40)  # (height, width) of the fixture images
 SMALL_HEAD = ["head.min_size=[24]", "head.max_size=128", "head.channels=16", "data.image_size=32"]
@@ -157,7 +152,7 @@ def ade_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_ade20k_loader_splits_labels_and_transforms(ade_root: Path) -> None:
-    data = SemanticSegmentationTask().build_data(ade20k_config(ade_root, image_size=32))
+    data = build_data(ade20k_config(ade_root, image_size=32))
     assert (len(data.train), len(data.val), len(data.test)) == (3, 1, 2)
     assert data.num_classes == len(data.class_names) == len(ADE20K_CLASSES) == 150
     assert "held out" in data.selection
@@ -177,15 +172,14 @@ def test_ade20k_loader_splits_labels_and_transforms(ade_root: Path) -> None:
         assert image.shape == (3, 32, 32) and label.shape == (32, 32)
         assert set(label.unique().tolist()) <= set(range(150)) | {255}
 
-    reference = SemanticSegmentationTask().build_data(ade20k_config(ade_root, selection_split="test"))
+    reference = build_data(ade20k_config(ade_root, selection_split="test"))
     assert reference.val is reference.test and len(reference.train) == 4
 
 
 def test_ade20k_training_step_and_prediction(ade_root: Path) -> None:
-    task = SemanticSegmentationTask()
     cfg = ade20k_config(ade_root, image_size=32)
-    data = task.build_data(cfg)
-    model = task.build_model(micro_swin(), data, cfg)
+    data = build_data(cfg)
+    model = head_of(cfg).build(micro_swin(), data.num_classes, cfg)
     images, labels = collate_lists([data.train[0], data.train[1]])
     loss = model(images, labels)
     assert torch.isfinite(loss) and loss.item() > 0
@@ -196,7 +190,7 @@ def test_ade20k_training_step_and_prediction(ade_root: Path) -> None:
     with torch.no_grad():
         predictions = model.predict(images)
     assert [p.shape for p in predictions] == [(150, 24, 30)] * 2
-    evaluator = task.build_evaluator(data, torch.device("cpu"))
+    evaluator = task_of(cfg).build_evaluator(data, torch.device("cpu"))
     evaluator.update(predictions, labels)
     metrics = evaluator.compute()
     assert set(metrics) == {"miou", "macc", "aacc"} and 0 <= metrics["miou"] <= 100
@@ -230,17 +224,16 @@ def test_run_on_the_ade20k_fixture_writes_miou(ade_root: Path, results_dir: Path
 
 
 def test_missing_ade20k_names_the_path_and_the_layout(tmp_path: Path) -> None:
-    task = SemanticSegmentationTask()
     with pytest.raises(UserError, match=r"data\.root is not set"):
-        task.build_data(ade20k_config(None))
+        build_data(ade20k_config(None))
     with pytest.raises(
         UserError, match=r"ADEChallengeData2016/images/training does not exist.*Expected layout"
     ):
-        task.build_data(ade20k_config(tmp_path))
+        build_data(ade20k_config(tmp_path))
     write_ade20k(tmp_path / "partial")
     (tmp_path / "partial/ADEChallengeData2016/annotations/validation/ADE_val_00000002.png").unlink()
     with pytest.raises(UserError, match=r"ADE_val_00000002\.png of ADE_val_00000002\.jpg does not exist"):
-        task.build_data(ade20k_config(tmp_path / "partial"))
+        build_data(ade20k_config(tmp_path / "partial"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +268,7 @@ def test_shapes_seg_keeps_the_background_as_a_class() -> None:
         ),
         head=HeadConfig(name="upernet"),
     )
-    data = SemanticSegmentationTask().build_data(cfg)
+    data = build_data(cfg)
     assert data.num_classes == 11 and data.class_names[0] == "background"
     images, labels = collate_lists([data.train[i] for i in range(4)])
     assert [tuple(i.shape) for i in images] == [(3, 32, 32)] * 4

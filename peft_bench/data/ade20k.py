@@ -62,7 +62,6 @@ ADE20K_CLASSES = (
     "radiator", "glass", "clock", "flag",
 )  # fmt: skip
 
-ADE20K_SCALE = (2048, 512)  # mmseg's img_scale: (long side cap, short side)
 ADE20K_CROP = 512
 RATIO_RANGE = (0.5, 2.0)
 CAT_MAX_RATIO = 0.75

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,16 +32,11 @@ from torchvision.datasets import Flowers102, ImageFolder, OxfordIIITPet, VOCDete
 
 from peft_bench.config import DataConfig, Selection
 from peft_bench.data.base import TaskData
-from peft_bench.data.embedded import scene_task_data
+from peft_bench.data.embedded import build_scene_classification
 from peft_bench.data.layout import Layout, data_root, first_missing, require, torchvision_not_found
-from peft_bench.data.scenes import (
-    DOWNSTREAM_CLASSES,
-    UPSTREAM_CLASSES,
-    SceneClassification,
-    SceneGenerator,
-)
+from peft_bench.data.scenes import DOWNSTREAM_CLASSES, UPSTREAM_CLASSES
 from peft_bench.data.splits import selection_of, stratified_holdout, without_holdout
-from peft_bench.data.transforms import classification_transforms, resize_transforms, tensor_transforms
+from peft_bench.data.transforms import classification_transforms, resize_transforms
 from peft_bench.errors import UserError
 
 VOC_CLASSES = (
@@ -57,11 +51,11 @@ Builder = Callable[[DataConfig, int, int], TaskData]
 
 def build_classification_data(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
     """Build the dataset `cfg.name`; `seed` fixes every hold-out, so a run's splits are reproducible."""
-    if cfg.name not in BUILDERS:
-        known = ", ".join(sorted(BUILDERS))
+    if cfg.name not in CLASSIFICATION_DATASETS:
+        known = ", ".join(sorted(CLASSIFICATION_DATASETS))
         raise UserError(f"Unknown classification dataset {cfg.name!r} (data.name). Known datasets: {known}.")
     selection_of(cfg)
-    return BUILDERS[cfg.name](cfg, img_size, seed)
+    return CLASSIFICATION_DATASETS[cfg.name](cfg, img_size, seed)
 
 
 def voc_single_label(annotation: Path) -> int:
@@ -372,16 +366,7 @@ def _digits(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
     return _assemble(cfg, img_size, seed, source)
 
 
-def _scenes(cfg: DataConfig, img_size: int, seed: int, **generator_options: Any) -> TaskData:
-    """Embedded scenes (`peft_bench.data.scenes`) labelled with the class of their largest object,
-    drawn at `data.image_size`."""
-    generator = SceneGenerator(img_size=cfg.image_size or img_size, seed=seed, **generator_options)
-    evaluation = tensor_transforms(train=False)
-    transforms = {"train": tensor_transforms(train=True), "val": evaluation, "test": evaluation}
-    return scene_task_data(cfg, SceneClassification, generator, transforms, (2000, 500, 1000))
-
-
-BUILDERS: dict[str, Builder] = {
+CLASSIFICATION_DATASETS: dict[str, Builder] = {
     "flowers102": _flowers102,
     "pets": _pets,
     "voc2007": _voc2007,
@@ -390,9 +375,15 @@ BUILDERS: dict[str, Builder] = {
     # The downstream benchmark: cluttered scenes of several objects labelled by the largest (as
     # VOC2007's single-label protocol), or one large object per cluttered scene; and the upstream
     # task that pretrains `backbone.weights=mini`: the 22 other shape kinds, one per clean scene.
-    "shapes": partial(_scenes, classes=DOWNSTREAM_CLASSES),
-    "shapes_single": partial(_scenes, classes=DOWNSTREAM_CLASSES, max_objects=1, scale=(0.3, 0.45)),
+    "shapes": partial(build_scene_classification, classes=DOWNSTREAM_CLASSES),
+    "shapes_single": partial(
+        build_scene_classification, classes=DOWNSTREAM_CLASSES, max_objects=1, scale=(0.3, 0.45)
+    ),
     "shapes_upstream": partial(
-        _scenes, classes=UPSTREAM_CLASSES, style="upstream", max_objects=1, scale=(0.3, 0.45)
+        build_scene_classification,
+        classes=UPSTREAM_CLASSES,
+        style="upstream",
+        max_objects=1,
+        scale=(0.3, 0.45),
     ),
 }

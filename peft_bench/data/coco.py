@@ -32,9 +32,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from peft_bench.config import DataConfig, Selection
 from peft_bench.data.base import TaskData, collate_lists
-from peft_bench.data.embedded import scene_task_data
 from peft_bench.data.layout import Layout, data_root, not_found, require
-from peft_bench.data.scenes import DOWNSTREAM_CLASSES, SceneDetection, SceneGenerator
 from peft_bench.data.splits import selection_of, stratified_holdout, without_holdout
 from peft_bench.data.targets import Chain, RandomFlip, Target, Transform, crop_instances, resize_instances
 from peft_bench.errors import UserError
@@ -189,12 +187,3 @@ def _load(cfg: DataConfig, path: Path) -> COCO:
         raise not_found(
             cfg, f"{path} cannot be read as a COCO annotation file ({error})", COCO_LAYOUT
         ) from error
-
-
-def build_scene_instance_data(cfg: DataConfig, image_size: int) -> TaskData:
-    """The embedded scenes (`peft_bench.data.scenes`) of the ten downstream shape kinds with their
-    instance masks, generated at `image_size`."""
-    generator = SceneGenerator(DOWNSTREAM_CLASSES, img_size=image_size, seed=cfg.split_seed)
-    return scene_task_data(
-        cfg, SceneDetection, generator, {"train": RandomFlip()}, (1000, 200, 200), collate_lists
-    )

@@ -1,13 +1,37 @@
-"""The embedded datasets of every task: disjoint index ranges of one seeded scene generator."""
+"""The embedded datasets of every task: disjoint index ranges of one seeded scene generator.
+
+Each task's view of the scenes (`peft_bench.data.scenes`) is built here, at a side chosen by
+`scene_size`: nothing to download, minutes on a CPU.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
-from peft_bench.config import DataConfig, Selection
-from peft_bench.data.base import TaskData
-from peft_bench.data.scenes import SceneGenerator, SceneView, make_splits
+import torch
+
+from peft_bench.backbones import image_size
+from peft_bench.config import Config, DataConfig, Selection
+from peft_bench.data.ade20k import FlipNormalise
+from peft_bench.data.base import TaskData, collate_lists
+from peft_bench.data.scenes import (
+    DOWNSTREAM_CLASSES,
+    SceneClassification,
+    SceneDetection,
+    SceneGenerator,
+    SceneSegmentation,
+    SceneView,
+    make_splits,
+)
 from peft_bench.data.splits import selection_of, without_holdout
+from peft_bench.data.targets import RandomFlip, Target
+from peft_bench.data.transforms import tensor_transforms
+
+
+def scene_size(cfg: Config, default: int | None = None) -> int:
+    """The side of generated scenes: `data.image_size`, else `default`, else the backbone's image size."""
+    return cfg.data.image_size or default or image_size(cfg.backbone)
 
 
 def scene_task_data(
@@ -44,4 +68,57 @@ def scene_task_data(
         class_names=["background", *names] if background_class else names,
         selection=described,
         collate_fn=collate_fn,
+    )
+
+
+def build_scene_classification(
+    cfg: DataConfig, img_size: int, seed: int, **generator_options: Any
+) -> TaskData:
+    """Embedded scenes (`peft_bench.data.scenes`) labelled with the class of their largest object,
+    drawn at `data.image_size`."""
+    generator = SceneGenerator(img_size=cfg.image_size or img_size, seed=seed, **generator_options)
+    evaluation = tensor_transforms(train=False)
+    transforms = {"train": tensor_transforms(train=True), "val": evaluation, "test": evaluation}
+    return scene_task_data(cfg, SceneClassification, generator, transforms, (2000, 500, 1000))
+
+
+class SceneBoxes:
+    """The detection view of a scene: its boxes and labels (masks dropped), flipped at random in training."""
+
+    def __init__(self, train: bool) -> None:
+        self.flip = RandomFlip(0.5) if train else None
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        boxes = {"boxes": target["boxes"], "labels": target["labels"]}
+        return self.flip(image, boxes) if self.flip else (image, boxes)
+
+
+def build_scene_detection_data(cfg: DataConfig, image_size: int) -> TaskData:
+    """The embedded scenes' boxes over the ten downstream shape classes, generated at `image_size`."""
+    generator = SceneGenerator(DOWNSTREAM_CLASSES, img_size=image_size, seed=cfg.split_seed)
+    transforms = {
+        "train": SceneBoxes(train=True),
+        "val": SceneBoxes(train=False),
+        "test": SceneBoxes(train=False),
+    }
+    return scene_task_data(cfg, SceneDetection, generator, transforms, (2000, 300, 500), collate_lists)
+
+
+def build_scene_instance_data(cfg: DataConfig, image_size: int) -> TaskData:
+    """The embedded scenes (`peft_bench.data.scenes`) of the ten downstream shape kinds with their
+    instance masks, generated at `image_size`."""
+    generator = SceneGenerator(DOWNSTREAM_CLASSES, img_size=image_size, seed=cfg.split_seed)
+    return scene_task_data(
+        cfg, SceneDetection, generator, {"train": RandomFlip()}, (1000, 200, 200), collate_lists
+    )
+
+
+def build_scene_segmentation(cfg: DataConfig, image_size: int) -> TaskData:
+    """The embedded scenes' semantic maps: 11 classes, the background a class of its own (it is a
+    real region of each scene, unlike ADE20K's "other")."""
+    generator = SceneGenerator(DOWNSTREAM_CLASSES, img_size=image_size, seed=cfg.split_seed)
+    evaluation = FlipNormalise(train=False)
+    transforms = {"train": FlipNormalise(train=True), "val": evaluation, "test": evaluation}
+    return scene_task_data(
+        cfg, SceneSegmentation, generator, transforms, (1000, 200, 200), collate_lists, True
     )

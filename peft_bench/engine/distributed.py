@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from peft_bench.config import Device
 from peft_bench.errors import UserError
 
 
@@ -28,21 +29,20 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(
-                "trainer.device=cuda was asked for, but no CUDA device is visible. Use trainer.device=cpu."
-            )
-        return torch.device("cuda", local_rank)
-    if requested == "cpu":
+def resolve_device(requested: Device | str, local_rank: int = 0) -> torch.device:
+    requested = Device(requested)
+    if requested is Device.auto:
+        requested = Device.cuda if torch.cuda.is_available() else Device.cpu
+    if requested is Device.cpu:
         return torch.device("cpu")
-    raise UserError(f"Unknown trainer.device {requested!r}: use auto, cpu or cuda.")
+    if not torch.cuda.is_available():
+        raise UserError(
+            "trainer.device=cuda was asked for, but no CUDA device is visible. Use trainer.device=cpu."
+        )
+    return torch.device("cuda", local_rank)
 
 
-def init_distributed(requested_device: str) -> DistInfo:
+def init_distributed(requested_device: Device | str) -> DistInfo:
     """Join the process group that torchrun describes in the environment, if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -59,6 +59,15 @@ def init_distributed(requested_device: str) -> DistInfo:
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_gather_list(items: list) -> list:
+    """Every rank's `items`, concatenated in rank order; this rank's own when not distributed."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return items
+    parts: list[list | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part]  # type: ignore[union-attr]
 
 
 def broadcast_object(obj: object, info: DistInfo) -> object:

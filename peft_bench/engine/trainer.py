@@ -34,7 +34,7 @@ from peft_bench.engine.checkpoint import (
 from peft_bench.engine.distributed import DistInfo, ShardSampler
 from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.schedules import build_scheduler
-from peft_bench.errors import TrainingDiverged
+from peft_bench.errors import TrainingDiverged, UserError
 from peft_bench.tasks.base import Evaluator, TaskData, TaskModel
 
 
@@ -60,6 +60,18 @@ class FitResult:
     history: list[dict[str, float]]
     val_history: list[dict[str, float]]
     steps: int
+
+
+def check_batch_fits(train_size: int, batch_size: int, world_size: int) -> None:
+    """Every rank must get one whole batch an epoch (an epoch drops its last, partial batch)."""
+    per_rank = max(1, batch_size // world_size)
+    if train_size // world_size < per_rank:
+        raise UserError(
+            f"The training split has {train_size} samples, fewer than one batch of {batch_size} "
+            f"(data.batch_size{f', over {world_size} processes' if world_size > 1 else ''}): an epoch "
+            "would have no step. Lower data.batch_size, or give the split more samples (data.train_size "
+            "for the embedded datasets; data.selection_split=none trains on the whole training split)."
+        )
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -146,12 +158,8 @@ class Trainer:
             nn.SyncBatchNorm.convert_sync_batchnorm(model)
         train_loader = self._train_loader(data.train, data.collate_fn)
         val_loader = None if data.val is None else self._eval_loader(data.val, data.collate_fn)
+        check_batch_fits(len(data.train), self.data_cfg.batch_size, self.info.world_size)
         steps_per_epoch = len(train_loader)
-        if steps_per_epoch == 0:
-            raise ValueError(
-                f"the training split has {len(data.train)} samples, fewer than one batch of "
-                f"{self.data_cfg.batch_size}: lower data.batch_size"
-            )
         total_steps = cfg.iterations or cfg.epochs * steps_per_epoch
         stop_step = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
 

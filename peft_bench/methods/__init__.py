@@ -1,6 +1,21 @@
-"""The strategy registry: `method=<name>` selects one of these (importing a module registers it)."""
+"""The strategy registry: `method=<name>` selects one of these (importing a module registers it).
 
+What a method of your own needs is exported here; `docs/extending.md` writes one.
+"""
+
+from peft_bench.backbones.swin import BlockSlots, slots_of
+from peft_bench.config import MethodConfig
 from peft_bench.methods import adapter, adaptformer, lora, lorand, mona, selection  # noqa: F401
-from peft_bench.methods.base import METHODS, Method, build_method, register
+from peft_bench.methods.base import METHODS, BlockInsertion, Method, build_method, freeze, register_method
 
-__all__ = ["METHODS", "Method", "build_method", "register"]
+__all__ = [
+    "METHODS",
+    "BlockInsertion",
+    "BlockSlots",
+    "Method",
+    "MethodConfig",
+    "build_method",
+    "freeze",
+    "register_method",
+    "slots_of",
+]

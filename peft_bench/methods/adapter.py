@@ -8,7 +8,7 @@ from timm.models.swin_transformer import SwinTransformerBlock
 
 from peft_bench.backbones.swin import slots_of
 from peft_bench.config import MethodConfig, MethodInit
-from peft_bench.methods.base import BlockInsertion, register
+from peft_bench.methods.base import BlockInsertion, register_method
 from peft_bench.methods.layers import REFERENCE_INIT_STD, Bottleneck, Residual, trunc_normal_linears
 
 
@@ -19,7 +19,7 @@ class AdapterConfig(MethodConfig):
     init: MethodInit = MethodInit.reference  # original: Houlsby et al.'s near-identity init
 
 
-@register("adapter")
+@register_method("adapter", label="Adapter")
 class Adapter(BlockInsertion):
     """Houlsby adapters `x + up(drop(gelu(down(x))))` on the attention and MLP branch outputs.
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from peft_bench.backbones.swin import slots_of
 from peft_bench.config import MethodConfig, MethodInit
-from peft_bench.methods.base import BlockInsertion, register
+from peft_bench.methods.base import BlockInsertion, register_method
 from peft_bench.methods.layers import Bottleneck, trunc_normal_linears
 
 
@@ -37,12 +37,12 @@ class Scaled(nn.Module):
         return f"scale={self.scale}"
 
 
-@register("adaptformer")
+@register_method("adaptformer", label="AdaptFormer")
 class AdaptFormer(BlockInsertion):
     """`x = x + drop_path(mlp(norm2(x))) + scale * up(drop(gelu(down(x))))`, no inner residual.
 
     The branch reads the post-attention stream before norm2 (slot `mlp_parallel`). GELU as
-    methods.md says (AdaptFormer's own code uses ReLU). Init `reference` as the Mona authors'
+    docs/methods.md says (AdaptFormer's own code uses ReLU). Init `reference` as the Mona authors'
     backbones: trunc-normal std 0.02, zero biases. `original` as AdaptFormer's code: down keeps
     Linear's kaiming-uniform(a=sqrt(5)) weight, its bias and the whole up projection are zero,
     so the model equals the base model at init. Per block: 2mn + m + n.

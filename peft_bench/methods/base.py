@@ -7,12 +7,13 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+from hydra.core.config_store import ConfigStore
 from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
 from peft_bench.backbones.swin import SwinBackbone
 from peft_bench.config import MethodConfig
-from peft_bench.errors import UserError
+from peft_bench.registry import Registry
 
 
 class Method(ABC):
@@ -22,6 +23,7 @@ class Method(ABC):
     """
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    label: ClassVar[str]  # the method's name in tables (`register_method`)
 
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
@@ -31,28 +33,34 @@ class Method(ABC):
         """Modify `backbone` in place for this method."""
 
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("tuning method", "method")
 
 
-def register(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: make a method available as `method=<name>`."""
+def register_method(
+    name: str, *, config: type[MethodConfig] | None = None, label: str | None = None
+) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a method available as `method=<name>`, everywhere.
+
+    `config` is its schema (default: the class's `config_class`), stored with Hydra as
+    `schema/method/<name>` (a YAML file in a `method/` config group can name it in its defaults) and
+    as the group entry `method/<name>` itself, so the method runs with no YAML file at all. `label`
+    is its name in the reporter's tables (default: `name`).
+    """
 
     def add(cls: type[Method]) -> type[Method]:
-        METHODS[name] = cls
+        cls.config_class = config or cls.config_class
+        cls.label = label or name
+        METHODS.add(name, cls)
+        store = ConfigStore.instance()
+        store.store(group="schema/method", name=name, node=cls.config_class)
+        store.store(group="method", name=name, node=cls.config_class(name=name))
         return cls
 
     return add
 
 
 def build_method(cfg: MethodConfig) -> Method:
-    try:
-        cls = METHODS[cfg.name]
-    except KeyError:
-        raise UserError(
-            f"Unknown tuning method {cfg.name!r}. Known methods: {', '.join(sorted(METHODS))}. "
-            "Choose one with method=<name>."
-        ) from None
-    return cls(cfg)
+    return METHODS.lookup(cfg.name)(cfg)
 
 
 def freeze(module: nn.Module) -> None:

@@ -11,7 +11,7 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
 from peft_bench.config import MethodConfig
-from peft_bench.methods.base import BlockInsertion, register
+from peft_bench.methods.base import BlockInsertion, register_method
 
 
 @dataclass
@@ -75,7 +75,7 @@ class LoRAQKV(nn.Linear):
         return f"{super().extra_repr()}, rank={self.a_q.shape[0]}, scale={self.scale}, merged={self.merged}"
 
 
-@register("lora")
+@register_method("lora", label="LoRA")
 class LoRA(BlockInsertion):
     """Low-rank updates of q and v in every block's `attn.qkv`; k untouched. Per block: 4rm.
 

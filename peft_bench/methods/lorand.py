@@ -12,7 +12,7 @@ from torch import nn
 
 from peft_bench.backbones.swin import slots_of
 from peft_bench.config import MethodConfig
-from peft_bench.methods.base import BlockInsertion, register
+from peft_bench.methods.base import BlockInsertion, register_method
 from peft_bench.methods.layers import Bottleneck, Residual
 
 
@@ -66,7 +66,7 @@ def lorand_adapter(dim: int, hidden: int, branches: int, beta: int) -> Residual:
     return Residual(Bottleneck(LoRandLinear(dim, hidden, kernel), LoRandLinear(hidden, dim, kernel)))
 
 
-@register("lorand")
+@register_method("lorand", label="LoRand")
 class LoRand(BlockInsertion):
     """LoRand adapters on the attention and MLP branch outputs, before each residual add.
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from peft_bench.backbones.swin import slots_of
 from peft_bench.config import MethodConfig
-from peft_bench.methods.base import BlockInsertion, register
+from peft_bench.methods.base import BlockInsertion, register_method
 from peft_bench.methods.layers import Bottleneck, trunc_normal_linears
 
 KERNEL_SIZES = (3, 5, 7)
@@ -95,7 +95,7 @@ class MonaModule(nn.Module):
         return x + self.bottleneck(self.norm(x) * self.gamma + x * self.gammax)
 
 
-@register("mona")
+@register_method("mona", label="Mona")
 class Mona(BlockInsertion):
     """Two Mona modules per block, on the main stream after each residual add.
 

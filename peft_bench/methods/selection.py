@@ -5,10 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from peft_bench.backbones.swin import SwinBackbone
-from peft_bench.methods.base import Method, freeze, register
+from peft_bench.methods.base import Method, freeze, register_method
 
 
-@register("full")
+@register_method("full", label="Full")
 class Full(Method):
     """Every backbone tensor trains."""
 
@@ -17,7 +17,7 @@ class Full(Method):
             p.requires_grad_(True)
 
 
-@register("fixed")
+@register_method("fixed", label="Fixed")
 class Fixed(Method):
     """The backbone is frozen; only the neck and head train."""
 
@@ -25,7 +25,7 @@ class Fixed(Method):
         freeze(backbone)
 
 
-@register("bitfit")
+@register_method("bitfit", label="BitFit")
 class BitFit(Method):
     """Every tensor whose name contains `bias`, as the reference code selects them.
 
@@ -38,7 +38,7 @@ class BitFit(Method):
             p.requires_grad_("bias" in name)
 
 
-@register("normtuning")
+@register_method("normtuning", label="NormTuning")
 class NormTuning(Method):
     """Every LayerNorm's weight and bias: block, patch-embed, patch-merging and output norms."""
 
@@ -50,7 +50,7 @@ class NormTuning(Method):
                     p.requires_grad_(True)
 
 
-@register("partial1")
+@register_method("partial1", label="Partial-1")
 class Partial1(Method):
     """Only the last block of the last stage trains (`layers.3.blocks.1` on Swin-T/S/B/L)."""
 

@@ -8,8 +8,12 @@ IoU and is left out of the mean, as mmseg's nanmean does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
+
+from peft_bench.models.upernet import resize
 
 IGNORE_INDEX = 255
 
@@ -39,3 +43,23 @@ class SegmentationScores(MulticlassConfusionMatrix):
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
         return segmentation_scores(super().compute())
+
+
+class SegmentationEvaluator:
+    """mIoU, mAcc and aAcc over a split (`SegmentationScores`), each prediction's logits resized
+    (bilinear) to its label map's original size before the argmax, as mmseg does."""
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.scores = SegmentationScores(num_classes).to(device)
+
+    def reset(self) -> None:
+        self.scores.reset()
+
+    def update(self, predictions: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> None:
+        for logits, target in zip(predictions, targets, strict=True):
+            if logits.shape[-2:] != target.shape[-2:]:
+                logits = resize(logits[None].float(), target.shape[-2:])[0]
+            self.scores.update(logits.argmax(0), target)
+
+    def compute(self) -> dict[str, float]:
+        return self.scores.compute()

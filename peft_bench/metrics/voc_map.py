@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from peft_bench.engine.distributed import all_gather_list
+
 MODES = ("11points", "area")
 
 
@@ -119,3 +121,40 @@ def voc_map(
         if ap is not None:
             per_class[label] = ap
     return (float(np.mean(list(per_class.values()))) if per_class else 0.0), per_class
+
+
+class VOCEvaluator:
+    """`ap50`: VOC mAP at IoU 0.5 in percent (11-point by default), over the images of all ranks.
+    Targets without `difficult` flags (the embedded scenes) have no difficult object."""
+
+    def __init__(self, num_classes: int, mode: str = "11points") -> None:
+        self.labels = range(1, num_classes + 1)
+        self.mode = mode
+        self.reset()
+
+    def reset(self) -> None:
+        self.detections: list[Detections] = []
+        self.ground_truths: list[GroundTruth] = []
+
+    def update(
+        self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]
+    ) -> None:
+        for prediction, target in zip(predictions, targets, strict=True):
+            boxes, scores, labels = (_np(prediction[k]) for k in ("boxes", "scores", "labels"))
+            self.detections.append(Detections(boxes, scores, labels))
+            difficult = target.get("difficult", torch.zeros_like(target["labels"], dtype=torch.bool))
+            self.ground_truths.append(
+                GroundTruth(_np(target["boxes"]), _np(target["labels"]), _np(difficult))
+            )
+
+    def compute(self) -> dict[str, float]:
+        mean, _ = voc_map(
+            all_gather_list(self.detections), all_gather_list(self.ground_truths), self.labels, 0.5, self.mode
+        )
+        return {"ap50": 100.0 * mean}
+
+
+def _np(tensor: torch.Tensor) -> np.ndarray:
+    """On the CPU, floats as float32 (AMP may hand over half-precision boxes and scores)."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.is_floating_point() else tensor).numpy()

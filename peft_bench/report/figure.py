@@ -72,7 +72,12 @@ def write_figure5(
     if missing:
         caption += f" No completed run: {'; '.join(missing)}."
     figure.text(0.02, 0.02, textwrap.fill(caption, 110), fontsize=7, va="bottom")
-    paths = [stem.with_suffix(f".{suffix}") for suffix in ("png", "pdf")]
+    # No creation date in the PDF: the same runs give the same bytes.
+    metadata = {"png": {}, "pdf": {"CreationDate": None}}
+    paths = [stem.with_suffix(f".{suffix}") for suffix in metadata]
     for path in paths:
-        write_atomic(path, lambda file, path=path: figure.savefig(file, format=path.suffix[1:], dpi=150))
+        fmt = path.suffix[1:]
+        write_atomic(
+            path, lambda file, fmt=fmt: figure.savefig(file, format=fmt, dpi=150, metadata=metadata[fmt])
+        )
     return Figure5(paths, missing)

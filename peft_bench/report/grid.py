@@ -8,21 +8,18 @@ and their protocol hashes are those the runs record.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from peft_bench.config import register_configs
 from peft_bench.errors import UserError
+from peft_bench.registry import config_session
 from peft_bench.results.protocol import protocol_hash
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass(frozen=True)
@@ -37,14 +34,6 @@ class Cell:
     overrides: tuple[str, ...]  # everything composed, as the sweep's job receives it
     cfg: DictConfig
     protocol: str
-
-
-@contextmanager
-def config_session() -> Iterator[None]:
-    """Hydra's compose API over the repository's `conf/`, with the schema registered."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        yield
 
 
 def jobs(arguments: Sequence[str], sweep_params: Mapping[str, object]) -> list[list[str]]:
@@ -67,11 +56,13 @@ def sweep_params(arguments: Sequence[str]) -> Mapping[str, object]:
 def preset_cells(preset: str, parts: Sequence[Part] = (Part(),), overrides: Sequence[str] = ()) -> list[Cell]:
     """The cells of `experiment=<preset>`, one sweep per part, with `overrides` added to every job
     (as on the sweep's command line). Cells of the same protocol from two parts are one cell."""
-    if not (CONF_DIR / "experiment" / f"{preset}.yaml").exists():
-        known = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
-        raise UserError(f"No preset {preset!r} in {CONF_DIR / 'experiment'}; known: {', '.join(known)}.")
     cells: dict[str, Cell] = {}
     with config_session():
+        known = GlobalHydra.instance().config_loader().get_group_options("experiment")
+        if preset not in known:
+            raise UserError(
+                f"No preset {preset!r} in the config group experiment; known: {', '.join(known)}."
+            )
         for part in parts:
             arguments = [f"experiment={preset}", *part.overrides, *overrides]
             for job in jobs(arguments, sweep_params(arguments)):

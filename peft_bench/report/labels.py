@@ -1,20 +1,11 @@
 """Display names of methods, datasets, backbones and metrics, spelt as the paper does; a name
-without one is shown as it is."""
+without one is shown as it is. A method's name is the label it registered with."""
 
 from __future__ import annotations
 
+from peft_bench.methods import METHODS
+
 NAMES = {
-    # methods
-    "full": "Full",
-    "fixed": "Fixed",
-    "bitfit": "BitFit",
-    "normtuning": "NormTuning",
-    "partial1": "Partial-1",
-    "adapter": "Adapter",
-    "lora": "LoRA",
-    "adaptformer": "AdaptFormer",
-    "lorand": "LoRand",
-    "mona": "Mona",
     # datasets
     "coco": "COCO",
     "voc": "Pascal VOC",
@@ -40,4 +31,6 @@ NAMES = {
 
 
 def label(name: object) -> str:
+    if str(name) in METHODS:
+        return METHODS[str(name)].label
     return NAMES.get(str(name), str(name))

@@ -1,37 +1,25 @@
-"""What the trainer needs from a task: data, a model that returns its loss, and an evaluator.
+"""Tasks, datasets and heads: what `data.task`, `data.name` and `head.name` choose, and their registries.
 
-The trainer knows no task and no method; a task knows no method (it receives a backbone on
-which the method has already been applied).
+A task is its evaluator and the metric that selects the model; a dataset builds a task's splits
+from the config; a head builds the task model on a tuned backbone. Each registers with one call
+(`register_task`, `register_dataset`, `register_head`), from this package or from a plugin
+(`peft_bench.registry`). The trainer knows no task and no method; a head knows no method (it
+receives a backbone on which the method has already been applied, `peft_bench.builder`).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 from peft_bench.backbones.swin import SwinBackbone
 from peft_bench.config import Config
 from peft_bench.data.base import TaskData
-
-
-class TaskModel(nn.Module):
-    """Backbone plus neck and head. `forward` returns the training loss (so DDP sees it).
-
-    `backbone` is the Swin and `neck` the module between it and the head (None if there is none):
-    they group the parameters as the paper counts them.
-    """
-
-    backbone: SwinBackbone
-    neck: nn.Module | None = None
-
-    @abstractmethod
-    def forward(self, images: Any, targets: Any) -> torch.Tensor: ...
-
-    @abstractmethod
-    def predict(self, images: Any) -> Any: ...
+from peft_bench.models.base import TaskModel
+from peft_bench.registry import Registry
 
 
 class Evaluator(Protocol):
@@ -44,16 +32,68 @@ class Evaluator(Protocol):
     def compute(self) -> dict[str, float]: ...
 
 
-class Task(ABC):
-    name: ClassVar[str]
-    main_metric: ClassVar[str]  # the validation metric that selects the model (higher is better)
-    dense: ClassVar[bool] = False  # True: the backbone feeds a neck through per-stage output norms
+DataBuilder = Callable[[Config], TaskData]
+ModelBuilder = Callable[[SwinBackbone, int, Config], TaskModel]  # (tuned backbone, classes, config)
 
-    @abstractmethod
-    def build_data(self, cfg: Config) -> TaskData: ...
 
-    @abstractmethod
-    def build_model(self, backbone: SwinBackbone, data: TaskData, cfg: Config) -> TaskModel: ...
+@dataclass(frozen=True)
+class Task:
+    name: str
+    main_metric: str  # the validation metric that selects the model (higher is better)
+    build_evaluator: Callable[[TaskData, torch.device], Evaluator]
 
-    @abstractmethod
-    def build_evaluator(self, data: TaskData, device: torch.device) -> Evaluator: ...
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    task: str
+    build: DataBuilder
+
+
+@dataclass(frozen=True)
+class Head:
+    name: str
+    task: str
+    build: ModelBuilder
+    # The Swin stages whose normed maps feed the head (a dense head: one output norm per stage, any
+    # input size); None: the final norm's pooled features (classification).
+    stages: tuple[int, ...] | None = None
+
+    @property
+    def dense(self) -> bool:
+        return self.stages is not None
+
+
+TASKS: Registry[Task] = Registry("task", "data.task")
+DATASETS: Registry[DatasetEntry] = Registry("dataset", "data.name")
+HEADS: Registry[Head] = Registry("head", "head.name")
+
+
+def register_task(
+    name: str, *, main_metric: str, evaluator: Callable[[TaskData, torch.device], Evaluator]
+) -> Task:
+    """Make `data.task=<name>` a task, evaluated by `evaluator(data, device)`, selected on `main_metric`."""
+    return TASKS.add(name, Task(name, main_metric, evaluator))
+
+
+def register_dataset(name: str, *, task: str) -> Callable[[DataBuilder], DataBuilder]:
+    """Function decorator: `data.name=<name>` builds its splits with the function, for `task`."""
+
+    def add(build: DataBuilder) -> DataBuilder:
+        DATASETS.add(name, DatasetEntry(name, task, build))
+        return build
+
+    return add
+
+
+def register_head(
+    name: str, *, task: str, stages: tuple[int, ...] | None = None
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Function decorator: `head.name=<name>` builds the task model of `task` with the function, fed
+    by the normed maps of Swin `stages` (None: pooled features)."""
+
+    def add(build: ModelBuilder) -> ModelBuilder:
+        HEADS.add(name, Head(name, task, build, stages))
+        return build
+
+    return add

@@ -1,0 +1,97 @@
+"""One model builder: the backbone, its preparation for the head, the method, the task model.
+
+`run`, `params`, `bench` and the reporter's parameter columns all build through here, so which
+tensors train is decided in one place: what a run record counts is what `params` prints and
+what the tables show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from peft_bench.backbones import build_backbone
+from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.config import Config
+from peft_bench.data.base import TaskData
+from peft_bench.errors import UserError
+from peft_bench.methods import METHODS, build_method
+from peft_bench.models.base import TaskModel
+from peft_bench.tasks import DATASETS, HEADS, TASKS, Task
+from peft_bench.tasks.base import DatasetEntry, Head
+
+E = TypeVar("E", DatasetEntry, Head)
+
+
+def task_of(cfg: Config) -> Task:
+    return TASKS.lookup(cfg.data.task)
+
+
+def dataset_of(cfg: Config) -> DatasetEntry:
+    return _of_task(DATASETS.lookup(cfg.data.name), cfg, DATASETS.values())
+
+
+def head_of(cfg: Config) -> Head:
+    return _of_task(HEADS.lookup(cfg.head.name), cfg, HEADS.values())
+
+
+def _of_task(entry: E, cfg: Config, entries: Iterable[E]) -> E:
+    """`entry`, if it belongs to the configured task; else a user error naming the task's own."""
+    task = task_of(cfg).name
+    if entry.task != task:
+        kind = "dataset" if isinstance(entry, DatasetEntry) else "head"
+        own = ", ".join(sorted(e.name for e in entries if e.task == task)) or "none"
+        raise UserError(
+            f"The {kind} {entry.name!r} belongs to the task {entry.task!r}, but data.task is {task!r} "
+            f"(the {kind}s of {task!r}: {own}). Choose the dataset with dataset=<name>, which sets "
+            "data.task and head.name together."
+        )
+    return entry
+
+
+def check_choices(cfg: Config) -> Task:
+    """The configured task, after its dataset and head and the method are checked against the
+    registries: a wrong name fails before anything is loaded or built."""
+    dataset_of(cfg)
+    head_of(cfg)
+    METHODS.lookup(cfg.method.name)
+    return task_of(cfg)
+
+
+def build_data(cfg: Config) -> TaskData:
+    """The configured dataset's splits (a missing dataset fails here, before any model is built)."""
+    return dataset_of(cfg).build(cfg)
+
+
+def build_tuned_backbone(
+    cfg: Config, *, pretrained: bool = True, on_base: Callable[[SwinBackbone], None] | None = None
+) -> SwinBackbone:
+    """The Swin with its weights and the norms its head reads; `on_base` sees it then, untouched by
+    tuning (the delta's fingerprint); then the method, the frozen stages, and the output norms that
+    feed nothing frozen. `pretrained=False` loads no weights (counts on the meta device)."""
+    head = head_of(cfg)
+    backbone = build_backbone(cfg.backbone, dynamic_size=head.dense, pretrained=pretrained)
+    backbone.prepare_output_norms(per_stage=head.dense, fresh=cfg.backbone.fresh_output_norms)
+    if on_base is not None:
+        on_base(backbone)
+    build_method(cfg.method).apply(backbone)
+    backbone.freeze_stages(cfg.backbone.frozen_stages)
+    if head.dense:
+        # A stage whose map the head does not read (RetinaNet's stage 0: the reference Swin has no
+        # norm0 there) keeps a norm that gets no gradient, which would stall DDP's reduction.
+        for stage, norm in enumerate(backbone.output_norms):
+            if stage not in head.stages:
+                norm.requires_grad_(False)
+    return backbone
+
+
+def build_task_model(
+    cfg: Config,
+    num_classes: int,
+    *,
+    pretrained: bool = True,
+    on_base: Callable[[SwinBackbone], None] | None = None,
+) -> TaskModel:
+    """The configured task model over `num_classes` classes on a tuned backbone (`build_tuned_backbone`)."""
+    backbone = build_tuned_backbone(cfg, pretrained=pretrained, on_base=on_base)
+    return head_of(cfg).build(backbone, num_classes, cfg)

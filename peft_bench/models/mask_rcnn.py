@@ -1,0 +1,173 @@
+"""The detector of the paper's COCO runs: Cascade Mask R-CNN (or Mask R-CNN) on a Swin + FPN.
+
+The detector is torchvision's `MaskRCNN` as mmdet's Swin configs build it: an FPN over the four Swin
+stages with a max-pooled fifth level, one anchor size per level with ratios 0.5 / 1 / 2, and images
+resized by torchvision's `GeneralizedRCNNTransform` (a random `head.min_size` per image in training,
+the last one in evaluation, the longer side capped at `head.max_size`), normalised with the ImageNet
+statistics from [0, 1] inputs. `head.name=cascade_mask_rcnn` swaps its RoI heads for the three
+cascade stages of `peft_bench.models.cascade`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.config import HeadConfig
+from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from peft_bench.errors import UserError
+from peft_bench.models.base import TaskModel
+from peft_bench.models.cascade import (
+    REPRESENTATION,
+    CascadeRoIHeads,
+    MmcvRoIAlign,
+    fcn_mask_head,
+    mmdet_stages,
+)
+from peft_bench.models.fpn import SwinFPN
+from peft_bench.models.rpn import MmdetRPN
+
+HEADS = ("mask_rcnn", "cascade_mask_rcnn")
+ANCHOR_SIZES = (32, 64, 128, 256, 512)  # mmdet's scale 8 at strides 4-64 (torchvision's default)
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+RPN_IOUS, RPN_SAMPLES = (0.7, 0.3), 256  # torchvision's defaults, mmdet's train_cfg.rpn
+
+
+@dataclass(frozen=True)
+class ProposalBudget:
+    """How many boxes the R-CNN carries: RPN proposals per FPN level before NMS and per image after
+    it, as (training, evaluation), the RoIs sampled per image to train the box heads, and the
+    detections kept per image."""
+
+    rpn_pre_nms: tuple[int, int]
+    rpn_post_nms: tuple[int, int]
+    roi_samples: int
+    detections: int
+
+
+MMDET_BUDGET = ProposalBudget((2000, 1000), (2000, 1000), roi_samples=512, detections=100)
+
+
+class Float32RPNHead(RPNHead):
+    """torchvision's RPN head with float32 outputs. Under autocast, torchvision's `BoxCoder` decodes
+    boxes in the dtype of the deltas, and bfloat16 coordinates lie 4 px apart at 800 px: box decoding
+    and losses stay in float32, as mmdet keeps them (`force_fp32`)."""
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
+class Float32BoxPredictor(FastRCNNPredictor):
+    """torchvision's class-specific box predictor with float32 outputs (see `Float32RPNHead`)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, deltas = super().forward(x)
+        return scores.float(), deltas.float()
+
+
+def build_detector(
+    swin: SwinBackbone, num_classes: int, head: HeadConfig, budget: ProposalBudget
+) -> MaskRCNN:
+    """torchvision's Mask R-CNN over `num_classes` object classes, with cascade heads if asked."""
+    if head.name not in HEADS:
+        raise UserError(
+            f"Unknown instance segmentation head {head.name!r} (head.name): use {' or '.join(HEADS)}."
+        )
+    sizes = tuple(head.anchor_sizes or ANCHOR_SIZES)
+    if len(sizes) != len(ANCHOR_SIZES):
+        raise UserError(
+            f"head.anchor_sizes needs one anchor size per FPN level, {len(ANCHOR_SIZES)} in all "
+            f"(strides 4 to 64), got {list(sizes)}."
+        )
+    channels, classes = head.fpn_channels, num_classes + 1  # torchvision counts the background
+    mask_head, mask_predictor = fcn_mask_head(channels, classes)
+    pools = {}
+    if head.mmcv_roi_align:
+        levels, strides = ["0", "1", "2", "3"], (4, 8, 16, 32)
+        pools = {
+            "box_roi_pool": MmcvRoIAlign(levels, 7, strides),
+            "mask_roi_pool": MmcvRoIAlign(levels, 14, strides),
+        }
+    detector = MaskRCNN(
+        SwinFPN(swin, channels, (0, 1, 2, 3), LastLevelMaxPool()),
+        min_size=tuple(head.min_size),
+        max_size=head.max_size,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in sizes), (ASPECT_RATIOS,) * len(sizes)),
+        rpn_head=Float32RPNHead(channels, len(ASPECT_RATIOS)),
+        rpn_pre_nms_top_n_train=budget.rpn_pre_nms[0],
+        rpn_pre_nms_top_n_test=budget.rpn_pre_nms[1],
+        rpn_post_nms_top_n_train=budget.rpn_post_nms[0],
+        rpn_post_nms_top_n_test=budget.rpn_post_nms[1],
+        box_batch_size_per_image=budget.roi_samples,
+        box_detections_per_img=budget.detections,
+        box_predictor=Float32BoxPredictor(REPRESENTATION, classes),
+        mask_head=mask_head,
+        mask_predictor=mask_predictor,
+        **pools,
+    )
+    if head.mmdet_rpn:
+        detector.rpn = MmdetRPN(
+            detector.rpn.anchor_generator,
+            detector.rpn.head,
+            fg_iou_thresh=RPN_IOUS[0],
+            bg_iou_thresh=RPN_IOUS[1],
+            batch_size_per_image=RPN_SAMPLES,
+            positive_fraction=0.5,
+            pre_nms_top_n={"training": budget.rpn_pre_nms[0], "testing": budget.rpn_pre_nms[1]},
+            post_nms_top_n={"training": budget.rpn_post_nms[0], "testing": budget.rpn_post_nms[1]},
+            nms_thresh=0.7,
+        )
+    if head.name == "cascade_mask_rcnn":
+        plain = detector.roi_heads
+        detector.roi_heads = CascadeRoIHeads(
+            plain.box_roi_pool,
+            mmdet_stages(channels, classes, box_head=head.box_head),
+            plain.mask_roi_pool,
+            batch_size_per_image=budget.roi_samples,
+            positive_fraction=plain.fg_bg_sampler.positive_fraction,
+            score_thresh=plain.score_thresh,
+            nms_thresh=plain.nms_thresh,
+            detections_per_img=plain.detections_per_img,
+        )
+    return detector
+
+
+class InstanceSegmentationModel(TaskModel):
+    """The detector, with the loss of torchvision's loss dict summed for the trainer."""
+
+    def __init__(
+        self,
+        backbone: SwinBackbone,
+        num_classes: int,
+        head: HeadConfig,
+        budget: ProposalBudget = MMDET_BUDGET,
+    ) -> None:
+        super().__init__()
+        self.detector = build_detector(backbone, num_classes, head, budget)
+
+    @property
+    def backbone(self) -> SwinBackbone:  # nested in the detector: exposed, not registered twice
+        return self.detector.backbone.body.swin
+
+    @property
+    def neck(self) -> nn.Module:
+        return self.detector.backbone.fpn
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        losses = self.detector(images, targets)
+        return torch.stack(list(losses.values())).sum()
+
+    def predict(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """torchvision's detections: boxes, labels, scores and masks (N, 1, H, W) of probabilities."""
+        return self.detector(images)

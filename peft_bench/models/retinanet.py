@@ -1,0 +1,86 @@
+"""The detector of the paper's VOC runs: torchvision's RetinaNet on a Swin + FPN.
+
+The neck follows the paper's reference mmdet config for VOC: an FPN over Swin stages 1-3 (strides 8,
+16, 32; widths 2m, 4m, 8m) with 5 outputs, P6 computed from C5 and P7 from P6 (mmdet's
+`add_extra_convs='on_input'`), with a ReLU before P7 as torchvision's or none as mmdet's default
+(`head.relu_before_extra_convs`). The head is torchvision's RetinaNet, whose settings match mmdet's
+RetinaNet: 3 scales x 3 ratios of anchors per level, IoU 0.5 / 0.4 assignment, focal + L1 losses;
+at test, score > 0.05, the top 1000 per level, NMS at 0.5, at most 100 detections per image.
+
+Labels. Datasets give labels 1..K (0 is torchvision's background id). torchvision's RetinaNet has no
+background class: its sigmoid classifier has `num_classes` outputs, and a box of label l trains
+output l. It is built with K outputs, as mmdet's (`num_classes=20` for VOC), and labels are shifted
+by one on the way in and out, so that no output is wasted on a background that never occurs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.config import HeadConfig
+from peft_bench.data.targets import Target
+from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from peft_bench.errors import UserError
+from peft_bench.models.base import TaskModel
+from peft_bench.models.fpn import ExtraLevelsOnInput, SwinFPN
+
+FPN_STAGES = (1, 2, 3)
+RATIOS = (0.5, 1.0, 2.0)
+
+
+def retinanet_fpn(swin: SwinBackbone, head: HeadConfig) -> SwinFPN:
+    """The FPN over stages 1-3 with P6 from C5 and P7 from P6."""
+    extra = ExtraLevelsOnInput(
+        swin.stage_dims[FPN_STAGES[-1]], head.fpn_channels, head.relu_before_extra_convs
+    )
+    return SwinFPN(swin, head.fpn_channels, FPN_STAGES, extra)
+
+
+def anchor_generator(base_sizes: list[int]) -> AnchorGenerator:
+    """Anchors of sizes base * 2^(0, 1/3, 2/3) and ratios 0.5, 1, 2 per level, as torchvision's default
+    (base sizes 32-512) and mmdet's (octave_base_scale 4, 3 scales per octave) are."""
+    sizes = tuple(tuple(int(s * 2 ** (k / 3)) for k in range(3)) for s in base_sizes)
+    return AnchorGenerator(sizes, (RATIOS,) * len(sizes))
+
+
+class RetinaNetModel(TaskModel):
+    """The detector; `backbone` and `neck` are views into it (the Swin and the FPN)."""
+
+    def __init__(self, swin: SwinBackbone, num_classes: int, head: HeadConfig) -> None:
+        super().__init__()
+        if head.anchor_sizes is not None and len(head.anchor_sizes) != len(FPN_STAGES) + 2:
+            raise UserError(
+                f"head.anchor_sizes needs one base size per FPN level ({len(FPN_STAGES) + 2}: P3-P7), "
+                f"got {list(head.anchor_sizes)}."
+            )
+        self.detector = RetinaNet(
+            retinanet_fpn(swin, head),
+            num_classes=num_classes,
+            min_size=tuple(head.min_size),
+            max_size=head.max_size,
+            image_mean=IMAGENET_MEAN,
+            image_std=IMAGENET_STD,
+            anchor_generator=anchor_generator(list(head.anchor_sizes)) if head.anchor_sizes else None,
+            detections_per_img=100,
+        )
+
+    @property
+    def backbone(self) -> SwinBackbone:
+        return self.detector.backbone.body.swin
+
+    @property
+    def neck(self) -> nn.Module:
+        return self.detector.backbone.fpn
+
+    def forward(self, images: list[torch.Tensor], targets: list[Target]) -> torch.Tensor:
+        """The sum of the focal classification and L1 box-regression losses."""
+        shifted = [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets]
+        return sum(self.detector(images, shifted).values())
+
+    def predict(self, images: list[torch.Tensor]) -> list[Target]:
+        """Per image: `boxes` (N, 4) xyxy in input pixels, `scores` (N,), `labels` (N,) in 1..K."""
+        return [{**d, "labels": d["labels"] + 1} for d in self.detector(images)]
