@@ -4,7 +4,8 @@
 so its state dict *is* a timm state dict (minus the classifier), and drives the stages itself.
 Driving the loop here buys three things without copying timm's Swin code:
 
-* adapter *slots* on each block (`BlockSlots`), the single place where methods insert modules;
+* adapter *slots* on each block (`BlockSlots`), the single place where methods insert modules,
+  token-level ones (prefix tokens inside window attention) included;
 * window attention on maps of any size as the Swin detection and segmentation code computes it
   (`windowed_attention`: pad to whole windows, *then* shift);
 * a no-grad prefix: everything before the first trainable tensor runs under `torch.no_grad()`,
@@ -21,7 +22,12 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformerBlock
+from timm.models.swin_transformer import (
+    SwinTransformerBlock,
+    WindowAttention,
+    window_partition,
+    window_reverse,
+)
 from torch import nn
 
 
@@ -73,12 +79,16 @@ class BlockSlots(nn.Module):
 
     With tokens `x` of shape (B, H, W, C), the block computes::
 
-        a = attn_out(attn(norm1(x)))                 # attn_out: sequential on the attention branch
+        a = attn_out(attn(norm1(x), prefix=norm1(attn_prefix(x))))
         x = post_attn(x + drop_path1(a))             # post_attn: on the main stream, post-residual
         y = x + drop_path2(mlp_out(mlp(norm2(x)))) + mlp_parallel(x)
         y = post_mlp(y)
 
-    Unset slots cost nothing. Every slot module maps (B, H, W, C) to (B, H, W, C).
+    Unset slots cost nothing. Every slot module but `attn_prefix` maps (B, H, W, C) to (B, H, W, C).
+    `attn_prefix` is token-level: from the block's input it gives P tokens, (P, C) or (B, P, C), in
+    the space of that input (so normed by `norm1` as the map is); every window's queries then also
+    attend to them as extra keys and values (no position bias, never masked by the shift), and
+    their own outputs are dropped: the place of prompt tokens (VPT-deep).
     """
 
     def __init__(self) -> None:
@@ -88,6 +98,7 @@ class BlockSlots(nn.Module):
         self.mlp_out: nn.Module | None = None
         self.mlp_parallel: nn.Module | None = None
         self.post_mlp: nn.Module | None = None
+        self.attn_prefix: nn.Module | None = None
 
 
 EMPTY_SLOTS = BlockSlots()  # a block without a method's modules
@@ -116,6 +127,49 @@ def windowed_attention(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Te
     return block._attn(padded)[:, : x.shape[1], : x.shape[2]].contiguous()
 
 
+def prefixed_windowed_attention(
+    block: SwinTransformerBlock, x: torch.Tensor, prefix: torch.Tensor
+) -> torch.Tensor:
+    """`windowed_attention` in which every window also attends to `prefix`, (P, C) or (B, P, C)
+    normed tokens: the same padding, shift, shift mask and windows as timm's `_attn`, with the
+    prefix's keys and values before each window's."""
+    height, width = x.shape[1:3]
+    pad_h, pad_w = _window_padding(block, x)
+    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    shift = tuple(block.shift_size)
+    if any(shift):
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    mask = block.get_attn_mask(x) if getattr(block, "dynamic_mask", False) else block.attn_mask
+    windows = window_partition(x, block.window_size).flatten(1, 2)  # (B * nW, N, C), image-major
+    prefix = prefix.expand(x.shape[0], -1, -1).repeat_interleave(windows.shape[0] // x.shape[0], dim=0)
+    out = _prefixed_attention(block.attn, windows, prefix, mask)
+    x = window_reverse(out.view(-1, *block.window_size, x.shape[-1]), block.window_size, *x.shape[1:3])
+    if any(shift):
+        x = torch.roll(x, shifts=shift, dims=(1, 2))
+    return x[:, :height, :width].contiguous()
+
+
+def _prefixed_attention(
+    attn: WindowAttention, windows: torch.Tensor, prefix: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """timm's `WindowAttention` on `windows` (B * nW, N, C) whose queries also see the keys and values
+    of `prefix` (B * nW, P, C), with a zero position bias and no shift mask toward it."""
+    count, n, _ = windows.shape
+    p = prefix.shape[1]
+    qkv = attn.qkv(torch.cat([prefix, windows], dim=1)).reshape(count, p + n, 3, attn.num_heads, -1)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    bias = F.pad(attn._get_rel_pos_bias(), (p, 0))  # (1, heads, N, P + N)
+    if mask is not None:  # (nW, N, N) of 0 / -100, per window of every image
+        windows_per_image = mask.shape[0]
+        bias = (bias.unsqueeze(1) + F.pad(mask, (p, 0)).unsqueeze(1).unsqueeze(0)).expand(
+            count // windows_per_image, -1, -1, -1, -1
+        )
+        bias = bias.reshape(count, attn.num_heads, n, p + n)
+    dropout = attn.attn_drop.p if attn.training else 0.0
+    out = F.scaled_dot_product_attention(q[:, :, p:], k, v, attn_mask=bias, dropout_p=dropout)
+    return attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(count, n, -1)))
+
+
 def _window_padding(block: SwinTransformerBlock, x: torch.Tensor) -> tuple[int, int]:
     """The rows and columns that make the (B, H, W, C) map whole windows of the block."""
     return -x.shape[1] % block.window_size[0], -x.shape[2] % block.window_size[1]
@@ -129,7 +183,10 @@ def run_block(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
     if slots is None and not any(_window_padding(block, x)):
         return block(x)
     slots = slots or EMPTY_SLOTS
-    attn = windowed_attention(block, block.norm1(x))
+    if slots.attn_prefix is not None:
+        attn = prefixed_windowed_attention(block, block.norm1(x), block.norm1(slots.attn_prefix(x)))
+    else:
+        attn = windowed_attention(block, block.norm1(x))
     if slots.attn_out is not None:
         attn = slots.attn_out(attn)
     x = x + block.drop_path1(attn)
