@@ -20,7 +20,7 @@ INSERTING = ("adapter", "lora", "adaptformer", "lorand", "mona")
 N = 64  # bottleneck n, and LoRA's rank r
 ALPHA, BETA = 2, 8  # LoRand's branches and kernel size
 
-# Trainable tensors per block of width m, written from methods.md's formulas.
+# Trainable tensors per block of width m, written from docs/methods.md's formulas.
 PER_BLOCK = {
     "adapter": lambda m: 2 * (2 * m * N + m + N),
     "lora": lambda m: 4 * N * m,
@@ -30,7 +30,7 @@ PER_BLOCK = {
 }
 # embed dim (stage s has embed * 2**s channels) and depths of each size.
 ARCHS = {"swin_t": (96, (2, 2, 6, 2)), "swin_b": (128, (2, 2, 18, 2)), "swin_l": (192, (2, 2, 18, 2))}
-# methods.md's reference column for Swin-B; LoRand's from its formula.
+# docs/methods.md's reference column for Swin-B; LoRand's from its formula.
 SWIN_B_REFERENCE = {
     "adapter": 3_107_328,
     "lora": 3_080_192,
@@ -152,7 +152,7 @@ def test_lorand_shares_kernels_and_counts() -> None:
 
 
 def reference_mona(module: MonaModule, x: torch.Tensor) -> torch.Tensor:
-    """methods.md's Mona written out op by op, with three separate depthwise convs."""
+    """docs/methods.md's Mona written out op by op, with three separate depthwise convs."""
     b = module.bottleneck
     z = F.layer_norm(x, x.shape[-1:], module.norm.weight, module.norm.bias) * module.gamma + x * module.gammax
     u = F.linear(z, b.down.weight, b.down.bias).permute(0, 3, 1, 2)

@@ -1,5 +1,5 @@
 """`python -m peft_bench.params`: counts without training or weights, against the reference
-figures of methods.md and the paper's Tables 4 and 5."""
+figures of docs/methods.md and the paper's Tables 4 and 5."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from test_methods import ARCHS, INSERTING, formula_count
 
 HEADS = {"swin_t": (3, 6, 12, 24), "swin_b": (4, 8, 16, 32), "swin_l": (6, 12, 24, 48)}
 ALL_METHODS = ("full", "fixed", "bitfit", "normtuning", "partial1", *INSERTING)
-# methods.md's reference column for Swin-B (timm's single final norm for BitFit and NormTuning).
+# docs/methods.md's reference column for Swin-B (timm's single final norm for BitFit and NormTuning).
 SWIN_B = {
     "full": 86_743_224,
     "fixed": 0,
@@ -28,7 +28,7 @@ SWIN_B = {
 
 
 def selection_formula(method: str, size: str) -> int:
-    """methods.md's counts of the selecting methods, summed over the architecture."""
+    """docs/methods.md's counts of the selecting methods, summed over the architecture."""
     embed, depths = ARCHS[size]
     widths = [embed * 2**s for s in range(4)]
     blocks = [(m, h) for m, h, d in zip(widths, HEADS[size], depths, strict=True) for _ in range(d)]
@@ -91,7 +91,7 @@ def test_mona_percentages_match_the_paper_tables_4_and_5(counts: dict, sweep_dir
     assert round(counts["mona", "swin_t"]["trainable_percent"], 2) == 4.87
     assert round(counts["mona", "swin_b"]["trainable_percent"], 2) == 4.06
     # Table 4 (Swin-L): bottleneck 32 and 128. The paper's 2.56% for 64 comes from its 5.08M count,
-    # which no convention reproduces (methods.md); ours is 5,267,712, i.e. 2.63%.
+    # which no convention reproduces (docs/methods.md); ours is 5,267,712, i.e. 2.63%.
     dims = {
         line["method_options"]["dim"]: line
         for line in params_lines(
@@ -104,7 +104,7 @@ def test_mona_percentages_match_the_paper_tables_4_and_5(counts: dict, sweep_dir
 
 
 def test_dense_tasks_count_the_per_stage_output_norms_as_the_reference(sweep_dir: str) -> None:
-    """methods.md's reference column: BitFit and NormTuning with the four output LayerNorms of the
+    """docs/methods.md's reference column: BitFit and NormTuning with the four output LayerNorms of the
     dense-task backbone (norm0..norm3) instead of the classifier's single final norm. (COCO freezes
     no stage; VOC's frozen patch embedding would take its bias and norm out of the count.)"""
     lines = params_lines(
