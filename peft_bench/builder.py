@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from omegaconf import OmegaConf
+
 from peft_bench.backbones import build_backbone
 from peft_bench.backbones.swin import SwinBackbone
 from peft_bench.config import Config
@@ -32,7 +34,14 @@ def dataset_of(cfg: Config) -> DatasetEntry:
 
 
 def head_of(cfg: Config) -> Head:
-    return _of_task(HEADS.lookup(cfg.head.name), cfg, HEADS.values())
+    head = _of_task(HEADS.lookup(cfg.head.name), cfg, HEADS.values())
+    schema = OmegaConf.get_type(cfg.head) if OmegaConf.is_config(cfg.head) else type(cfg.head)
+    if not issubclass(schema, head.config):
+        raise UserError(
+            f"head.name={head.name!r} with the settings of another head ({schema.__name__}): choose the "
+            f"head as a config group, head={head.name}, which brings its own fields ({head.config.__name__})."
+        )
+    return head
 
 
 def _of_task(entry: E, cfg: Config, entries: Iterable[E]) -> E:
@@ -44,7 +53,7 @@ def _of_task(entry: E, cfg: Config, entries: Iterable[E]) -> E:
         raise UserError(
             f"The {kind} {entry.name!r} belongs to the task {entry.task!r}, but data.task is {task!r} "
             f"(the {kind}s of {task!r}: {own}). Choose the dataset with dataset=<name>, which sets "
-            "data.task and head.name together."
+            "data.task and its head together."
         )
     return entry
 

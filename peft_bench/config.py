@@ -157,29 +157,60 @@ class DataConfig:
 
 @dataclass
 class HeadConfig:
-    """The neck and head of the task model. Each dataset config picks the head of its task; the
-    fields a head does not use are ignored by it."""
+    """Common to every head (the neck and head of the task model). Each head registers its own schema,
+    a subclass (`peft_bench.tasks.register_head`), as the config group entry `head/<name>`; each
+    dataset config picks the head of its task (`override /head: <name>`)."""
 
-    name: str = "linear"  # linear | retinanet | mask_rcnn | cascade_mask_rcnn | upernet
-    fpn_channels: int = 256  # FPN width (detection, instance segmentation)
-    anchor_sizes: list[int] | None = None  # RetinaNet base anchor size per level; None: torchvision's
-    # RetinaNet: a ReLU between P6 and P7 (torchvision's); mmdet's FPN has none by default.
-    relu_before_extra_convs: bool = True
-    # Detection / instance segmentation images: the shorter side is resized to min_size (a random
-    # choice among several in training, as multi-scale training), the longer capped at max_size.
+    name: str = MISSING
+
+
+@dataclass
+class LinearHeadConfig(HeadConfig):
+    """Classification: a linear layer on pooled features."""
+
+    init: HeadInit = HeadInit.trunc_normal
+
+
+@dataclass
+class DetectorHeadConfig(HeadConfig):
+    """A torchvision detector on a Swin + FPN. Images: the shorter side is resized to min_size (a
+    random choice among several in training, as multi-scale training), the longer capped at max_size."""
+
+    fpn_channels: int = 256
+    anchor_sizes: list[int] | None = None  # a base anchor size per FPN level; None: torchvision's
     min_size: list[int] = field(default_factory=lambda: [800])
     max_size: int = 1333
-    channels: int = 512  # UperNet's channels
-    aux_weight: float = 0.4  # UperNet's auxiliary FCN head (on stage 3) loss weight
-    inference: Inference = Inference.whole  # semantic segmentation
-    slide_crop: int = 512  # sliding-window inference: window side and stride
-    slide_stride: int = 341
-    init: HeadInit = HeadInit.trunc_normal  # the linear classification head's init
+
+
+@dataclass
+class RetinaNetHeadConfig(DetectorHeadConfig):
+    # A ReLU between P6 and P7 (torchvision's); mmdet's FPN has none by default.
+    relu_before_extra_convs: bool = True
+
+
+@dataclass
+class MaskRCNNHeadConfig(DetectorHeadConfig):
+    """Mask R-CNN and Cascade Mask R-CNN."""
+
     box_head: BoxHead = BoxHead.shared2fc  # Cascade Mask R-CNN's box heads
     mmcv_roi_align: bool = False  # RoIAlign as mmcv's (aligned, adaptive sampling); false: torchvision's
-    mmdet_rpn: bool = (
-        False  # the RPN's anchors assigned as mmdet's (border, low-quality IoU); false: torchvision's
-    )
+    # The RPN's anchors assigned as mmdet's (border, low-quality IoU); false: torchvision's.
+    mmdet_rpn: bool = False
+
+
+@dataclass
+class UperNetHeadConfig(HeadConfig):
+    """UperNet and its auxiliary FCN head (semantic segmentation)."""
+
+    channels: int = 512
+    aux_weight: float = 0.4  # the auxiliary FCN head's (on stage 3) loss weight
+    inference: Inference = Inference.whole
+    slide_crop: int = 512  # sliding-window inference: window side and stride
+    slide_stride: int = 341
+    # ADE20K's resize scale: the short side (one value) and the cap on the long side (its dataset
+    # config sets mmseg's 512 and 2048).
+    min_size: list[int] = field(default_factory=lambda: [800])
+    max_size: int = 1333
 
 
 @dataclass
@@ -239,7 +270,7 @@ class Config:
     method: MethodConfig = MISSING
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
+    head: HeadConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -11,7 +11,7 @@ import torch
 from torchvision.ops import roi_align
 
 from peft_bench.backbones.swin import build_swin
-from peft_bench.config import BoxHead, HeadConfig
+from peft_bench.config import BoxHead, MaskRCNNHeadConfig
 from peft_bench.models.cascade import (
     STAGE_BOX_WEIGHTS,
     ConvFCBoxHead,
@@ -102,7 +102,7 @@ def test_the_convfc_cascade_trains_and_predicts() -> None:
     torch.manual_seed(0)
     swin = build_swin("swin_micro", dynamic_size=True)
     swin.use_output_norms()
-    head = HeadConfig(
+    head = MaskRCNNHeadConfig(
         name="cascade_mask_rcnn",
         fpn_channels=16,
         anchor_sizes=[8, 16, 32, 64, 128],

@@ -16,7 +16,7 @@ from PIL import Image
 
 from peft_bench.backbones.swin import build_swin
 from peft_bench.builder import build_data, build_task_model, head_of, task_of
-from peft_bench.config import BackboneConfig, Config, DataConfig, HeadConfig
+from peft_bench.config import BackboneConfig, Config, DataConfig, RetinaNetHeadConfig
 from peft_bench.data.classification import VOC_CLASSES
 from peft_bench.data.voc import VOCDetectionSplit, parse_annotation
 from peft_bench.errors import UserError
@@ -170,7 +170,7 @@ def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def voc_config(root: Path, **data: object) -> Config:
-    head = HeadConfig(name="retinanet", fpn_channels=32, min_size=[64], max_size=64)
+    head = RetinaNetHeadConfig(name="retinanet", fpn_channels=32, min_size=[64], max_size=64)
     return Config(data=DataConfig(name="voc", task="detection", root=str(root), **data), head=head)
 
 
@@ -256,7 +256,9 @@ def micro_backbone(method: str = "full"):
 
 
 def test_fpn_takes_p6_from_c5_even_when_widths_agree() -> None:
-    neck = retinanet_fpn(micro_backbone(), HeadConfig(fpn_channels=256))  # C5 of swin_micro is 256 wide too
+    neck = retinanet_fpn(
+        micro_backbone(), RetinaNetHeadConfig(fpn_channels=256)
+    )  # C5 of swin_micro is 256 wide too
     images = torch.randn(1, 3, 64, 64)
     features = neck(images)
     assert [tuple(f.shape[-2:]) for f in features.values()] == [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
@@ -267,7 +269,7 @@ def test_fpn_takes_p6_from_c5_even_when_widths_agree() -> None:
 @pytest.mark.parametrize("relu", [True, False])
 def test_p7_follows_p6_with_or_without_the_relu_between(relu: bool) -> None:
     """torchvision puts a ReLU between P6 and P7; mmdet's FPN (the reference VOC config) does not."""
-    neck = retinanet_fpn(micro_backbone(), HeadConfig(fpn_channels=32, relu_before_extra_convs=relu))
+    neck = retinanet_fpn(micro_backbone(), RetinaNetHeadConfig(fpn_channels=32, relu_before_extra_convs=relu))
     with torch.no_grad():
         features = neck(torch.randn(1, 3, 128, 128))
         p6 = features["p6"]
@@ -308,7 +310,7 @@ def test_training_step_and_predict_on_voc(voc_root: Path) -> None:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_one_training_step_per_method(method: str) -> None:
-    head = HeadConfig(
+    head = RetinaNetHeadConfig(
         name="retinanet", fpn_channels=32, min_size=[64], max_size=64, anchor_sizes=[8, 16, 32, 64, 128]
     )
     cfg = Config(
@@ -341,7 +343,7 @@ def test_scene_detection_data() -> None:
         data=DataConfig(
             name="shapes_det", task="detection", image_size=96, train_size=4, val_size=2, test_size=2
         ),
-        head=HeadConfig(name="retinanet", min_size=[96], max_size=96),
+        head=RetinaNetHeadConfig(name="retinanet", min_size=[96], max_size=96),
     )
     data = build_data(cfg)
     assert (len(data.train), len(data.val), len(data.test)) == (4, 2, 2) and data.num_classes == 10

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from peft_bench.backbones.swin import build_swin
-from peft_bench.config import Config, MethodConfig
+from peft_bench.config import Config, LinearHeadConfig, MethodConfig
 from peft_bench.engine.checkpoint import trainable_state
 from peft_bench.engine.distributed import ShardSampler
 from peft_bench.engine.optim import parameter_groups
@@ -94,6 +94,7 @@ def test_protocol_ignores_seed_and_paths_but_not_hyperparameters() -> None:
     def cfg(**trainer) -> OmegaConf:
         base = OmegaConf.structured(Config)
         base.method = OmegaConf.structured(MethodConfig(name="fixed"))
+        base.head = OmegaConf.structured(LinearHeadConfig(name="linear"))
         base.data.name = "shapes"
         return OmegaConf.merge(base, {"trainer": trainer})
 

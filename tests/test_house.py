@@ -11,8 +11,10 @@ import pytest
 import torch
 from conftest import REPO, records, run_cli
 from hydra import compose
+from hydra.errors import ConfigCompositionException
 
 from peft_bench.builder import build_task_model, build_tuned_backbone, check_choices
+from peft_bench.config import Config, DataConfig, UperNetHeadConfig
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
 from peft_bench.params import count
@@ -91,9 +93,22 @@ def test_wrong_names_fail_with_the_known_ones() -> None:
             check_choices(compose("config", ["dataset=shapes_det", "data.task=detektion"]))
         with pytest.raises(UserError, match=r"head 'linear' belongs to the task 'classification'.*retinanet"):
             check_choices(compose("config", ["dataset=shapes_det", "head.name=linear"]))
+        with pytest.raises(ConfigCompositionException, match="dataset/shapes_det"):  # names fpn_channels
+            compose("config", ["dataset=shapes_det", "head=upernet"])
         with pytest.raises(UserError, match=r"dataset 'shapes_seg' belongs to the task 'semantic'"):
             check_choices(compose("config", ["dataset=shapes_det", "data.name=shapes_seg"]))
+        assert (
+            check_choices(compose("config", ["dataset=shapes_inst", "head.name=mask_rcnn"])).name
+            == "instance"
+        )
     assert check_choices(cfg).main_metric == "ap50"
+    retinanet_named_upernet = Config(
+        method=METHODS["mona"].config_class(name="mona"),
+        data=DataConfig(name="shapes_det", task="detection"),
+        head=UperNetHeadConfig(name="retinanet"),
+    )
+    with pytest.raises(UserError, match=r"head\.name='retinanet' with the settings of another head"):
+        check_choices(retinanet_named_upernet)
 
 
 def test_registries_list_what_the_package_ships_and_refuse_a_second_entry_of_a_name() -> None:
@@ -156,3 +171,13 @@ def test_no_import_cycle_and_the_schema_imports_nothing_of_the_package() -> None
 
     for module in graph:
         visit(module, [])
+
+
+def test_a_config_directory_of_ones_own_adds_groups_through_the_search_path(tmp_path: Path) -> None:
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "my_shapes.yaml").write_text(
+        "# @package _global_\ndata:\n  name: shapes\n  task: classification\n  train_size: 40\n"
+    )
+    with config_session():
+        cfg = compose("config", [f"hydra.searchpath=[file://{tmp_path}]", "dataset=my_shapes"])
+    assert (cfg.data.name, cfg.data.train_size, cfg.head.name) == ("shapes", 40, "linear")

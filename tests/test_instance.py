@@ -24,7 +24,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from peft_bench.accounting import trainable_manifest
 from peft_bench.backbones.swin import build_swin
 from peft_bench.builder import build_data
-from peft_bench.config import Config, DataConfig, HeadConfig
+from peft_bench.config import Config, DataConfig, MaskRCNNHeadConfig
 from peft_bench.data.coco import CropBranch
 from peft_bench.data.embedded import build_scene_instance_data
 from peft_bench.data.scenes import tight_boxes
@@ -434,7 +434,10 @@ def coco_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(**data) -> Config:
-    return Config(data=DataConfig(**{"name": "coco", "task": "instance", **data}), head=HeadConfig())
+    return Config(
+        data=DataConfig(**{"name": "coco", "task": "instance", **data}),
+        head=MaskRCNNHeadConfig(name="cascade_mask_rcnn"),
+    )
 
 
 def _by_id(dataset, image_id: int) -> tuple[torch.Tensor, dict]:
@@ -552,8 +555,8 @@ def test_missing_coco_names_the_path_and_the_layout(tmp_path: Path) -> None:
 TINY = ProposalBudget(rpn_pre_nms=(64, 64), rpn_post_nms=(32, 32), roi_samples=32, detections=10)
 
 
-def _head(name: str) -> HeadConfig:
-    return HeadConfig(
+def _head(name: str) -> MaskRCNNHeadConfig:
+    return MaskRCNNHeadConfig(
         name=name, fpn_channels=16, anchor_sizes=[8, 16, 32, 64, 128], min_size=[64], max_size=64
     )
 

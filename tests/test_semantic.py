@@ -16,7 +16,7 @@ from torch import nn
 from peft_bench.accounting import trainable_manifest
 from peft_bench.backbones.swin import build_swin
 from peft_bench.builder import build_data, head_of, task_of
-from peft_bench.config import Config, DataConfig, HeadConfig, MethodConfig
+from peft_bench.config import Config, DataConfig, MethodConfig, UperNetHeadConfig
 from peft_bench.data.ade20k import ADE20K_CLASSES
 from peft_bench.data.base import collate_lists
 from peft_bench.errors import UserError
@@ -133,7 +133,7 @@ def ade20k_config(root: Path | None, **data) -> Config:
     return Config(
         method=MethodConfig(name="full"),
         data=DataConfig(name="ade20k", task="semantic", root=None if root is None else str(root), **data),
-        head=HeadConfig(name="upernet", channels=16, min_size=[24], max_size=128),
+        head=UperNetHeadConfig(name="upernet", channels=16, min_size=[24], max_size=128),
     )
 
 
@@ -266,7 +266,7 @@ def test_shapes_seg_keeps_the_background_as_a_class() -> None:
         data=DataConfig(
             name="shapes_seg", task="semantic", train_size=4, val_size=2, test_size=2, image_size=32
         ),
-        head=HeadConfig(name="upernet"),
+        head=UperNetHeadConfig(name="upernet"),
     )
     data = build_data(cfg)
     assert data.num_classes == 11 and data.class_names[0] == "background"

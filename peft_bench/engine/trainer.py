@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from peft_bench.config import DataConfig, TrainerConfig
+from peft_bench.data.base import TaskData
 from peft_bench.engine.checkpoint import (
     load_checkpoint,
     load_trainable_state,
@@ -35,7 +36,8 @@ from peft_bench.engine.distributed import DistInfo, ShardSampler
 from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.schedules import build_scheduler
 from peft_bench.errors import TrainingDiverged, UserError
-from peft_bench.tasks.base import Evaluator, TaskData, TaskModel
+from peft_bench.metrics.base import Evaluator
+from peft_bench.models.base import TaskModel
 
 
 @dataclass

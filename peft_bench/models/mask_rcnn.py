@@ -4,7 +4,7 @@ The detector is torchvision's `MaskRCNN` as mmdet's Swin configs build it: an FP
 stages with a max-pooled fifth level, one anchor size per level with ratios 0.5 / 1 / 2, and images
 resized by torchvision's `GeneralizedRCNNTransform` (a random `head.min_size` per image in training,
 the last one in evaluation, the longer side capped at `head.max_size`), normalised with the ImageNet
-statistics from [0, 1] inputs. `head.name=cascade_mask_rcnn` swaps its RoI heads for the three
+statistics from [0, 1] inputs. `head=cascade_mask_rcnn` swaps its RoI heads for the three
 cascade stages of `peft_bench.models.cascade`.
 """
 
@@ -21,7 +21,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from peft_bench.backbones.swin import SwinBackbone
-from peft_bench.config import HeadConfig
+from peft_bench.config import MaskRCNNHeadConfig
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from peft_bench.errors import UserError
 from peft_bench.models.base import TaskModel
@@ -75,7 +75,7 @@ class Float32BoxPredictor(FastRCNNPredictor):
 
 
 def build_detector(
-    swin: SwinBackbone, num_classes: int, head: HeadConfig, budget: ProposalBudget
+    swin: SwinBackbone, num_classes: int, head: MaskRCNNHeadConfig, budget: ProposalBudget
 ) -> MaskRCNN:
     """torchvision's Mask R-CNN over `num_classes` object classes, with cascade heads if asked."""
     if head.name not in HEADS:
@@ -150,7 +150,7 @@ class InstanceSegmentationModel(TaskModel):
         self,
         backbone: SwinBackbone,
         num_classes: int,
-        head: HeadConfig,
+        head: MaskRCNNHeadConfig,
         budget: ProposalBudget = MMDET_BUDGET,
     ) -> None:
         super().__init__()

@@ -21,7 +21,7 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from peft_bench.backbones.swin import SwinBackbone
-from peft_bench.config import HeadConfig
+from peft_bench.config import RetinaNetHeadConfig
 from peft_bench.data.targets import Target
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from peft_bench.errors import UserError
@@ -32,7 +32,7 @@ FPN_STAGES = (1, 2, 3)
 RATIOS = (0.5, 1.0, 2.0)
 
 
-def retinanet_fpn(swin: SwinBackbone, head: HeadConfig) -> SwinFPN:
+def retinanet_fpn(swin: SwinBackbone, head: RetinaNetHeadConfig) -> SwinFPN:
     """The FPN over stages 1-3 with P6 from C5 and P7 from P6."""
     extra = ExtraLevelsOnInput(
         swin.stage_dims[FPN_STAGES[-1]], head.fpn_channels, head.relu_before_extra_convs
@@ -50,7 +50,7 @@ def anchor_generator(base_sizes: list[int]) -> AnchorGenerator:
 class RetinaNetModel(TaskModel):
     """The detector; `backbone` and `neck` are views into it (the Swin and the FPN)."""
 
-    def __init__(self, swin: SwinBackbone, num_classes: int, head: HeadConfig) -> None:
+    def __init__(self, swin: SwinBackbone, num_classes: int, head: RetinaNetHeadConfig) -> None:
         super().__init__()
         if head.anchor_sizes is not None and len(head.anchor_sizes) != len(FPN_STAGES) + 2:
             raise UserError(

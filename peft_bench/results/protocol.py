@@ -5,7 +5,8 @@ device, worker counts, resume policy) and without the seed: seeds of one protoco
 repetitions of the same experiment, so they share the hash and differ in the run id.
 
 Keys added to the schema after results were recorded stay out of the hash while they hold the
-value that reproduces the behaviour from before they existed (`NEUTRAL`), so that the same
+value that reproduces the behaviour from before they existed (`NEUTRAL`), and a head's fields are
+hashed as the single head schema of that time had them (`SINGLE_HEAD_SCHEMA`), so that the same
 command keeps its run id and committed results stay matched to their cells.
 """
 
@@ -55,6 +56,20 @@ NEUTRAL: dict[str, Any] = {
     "trainer.power": 1.0,
 }
 
+# The head's fields as one schema for every head had them, before each head had its own: a field
+# that the run's head lacks enters the hash at its old default, so that committed runs keep their ids.
+SINGLE_HEAD_SCHEMA: dict[str, Any] = {
+    "fpn_channels": 256,
+    "anchor_sizes": None,
+    "min_size": [800],
+    "max_size": 1333,
+    "channels": 512,
+    "aux_weight": 0.4,
+    "inference": "whole",
+    "slide_crop": 512,
+    "slide_stride": 341,
+}
+
 # What each model-selection choice (`data.selection_split`, set by `protocol=...`) is called in
 # records and tables, and what it means.
 PROTOCOLS = {Selection.val: "harness", Selection.none: "paper", Selection.test: "test-selected"}
@@ -67,6 +82,7 @@ PROTOCOL_MEANING = {
 
 def protocol_of(cfg: DictConfig) -> dict[str, Any]:
     protocol = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    protocol["head"] = {**SINGLE_HEAD_SCHEMA, **protocol["head"]}
     for dotted in NON_PROTOCOL_KEYS:
         _pop(protocol, dotted)
     for dotted, neutral in NEUTRAL.items():

@@ -1,4 +1,4 @@
-"""Tasks, datasets and heads: what `data.task`, `data.name` and `head.name` choose, and their registries.
+"""Tasks, datasets and heads: what `data.task`, `data.name` and `head` choose, and their registries.
 
 A task is its evaluator and the metric that selects the model; a dataset builds a task's splits
 from the config; a head builds the task model on a tuned backbone. Each registers with one call
@@ -11,26 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import torch
+from hydra.core.config_store import ConfigStore
 
 from peft_bench.backbones.swin import SwinBackbone
-from peft_bench.config import Config
+from peft_bench.config import Config, HeadConfig
 from peft_bench.data.base import TaskData
+from peft_bench.metrics.base import Evaluator
 from peft_bench.models.base import TaskModel
 from peft_bench.registry import Registry
-
-
-class Evaluator(Protocol):
-    """Accumulates predictions over a split (across DDP ranks) and reports metrics in percent."""
-
-    def reset(self) -> None: ...
-
-    def update(self, predictions: Any, targets: Any) -> None: ...
-
-    def compute(self) -> dict[str, float]: ...
-
 
 DataBuilder = Callable[[Config], TaskData]
 ModelBuilder = Callable[[SwinBackbone, int, Config], TaskModel]  # (tuned backbone, classes, config)
@@ -55,6 +45,7 @@ class Head:
     name: str
     task: str
     build: ModelBuilder
+    config: type[HeadConfig]  # its schema: the fields of `head.<key>`
     # The Swin stages whose normed maps feed the head (a dense head: one output norm per stage, any
     # input size); None: the final norm's pooled features (classification).
     stages: tuple[int, ...] | None = None
@@ -66,7 +57,7 @@ class Head:
 
 TASKS: Registry[Task] = Registry("task", "data.task")
 DATASETS: Registry[DatasetEntry] = Registry("dataset", "data.name")
-HEADS: Registry[Head] = Registry("head", "head.name")
+HEADS: Registry[Head] = Registry("head", "head")
 
 
 def register_task(
@@ -87,13 +78,17 @@ def register_dataset(name: str, *, task: str) -> Callable[[DataBuilder], DataBui
 
 
 def register_head(
-    name: str, *, task: str, stages: tuple[int, ...] | None = None
+    name: str, *, task: str, config: type[HeadConfig], stages: tuple[int, ...] | None = None
 ) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Function decorator: `head.name=<name>` builds the task model of `task` with the function, fed
-    by the normed maps of Swin `stages` (None: pooled features)."""
+    """Function decorator: `head=<name>` builds the task model of `task` with the function, fed by
+    the normed maps of Swin `stages` (None: pooled features). `config` is its schema, stored with
+    Hydra as the group entry `head/<name>` and as `schema/head/<name>`."""
 
     def add(build: ModelBuilder) -> ModelBuilder:
-        HEADS.add(name, Head(name, task, build, stages))
+        HEADS.add(name, Head(name, task, build, config, stages))
+        store = ConfigStore.instance()
+        store.store(group="schema/head", name=name, node=config)
+        store.store(group="head", name=name, node=config(name=name))
         return build
 
     return add

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from peft_bench.backbones import image_size
 from peft_bench.backbones.swin import SwinBackbone
-from peft_bench.config import Config
+from peft_bench.config import Config, LinearHeadConfig
 from peft_bench.data.base import TaskData
 from peft_bench.data.classification import CLASSIFICATION_DATASETS, build_classification_data
 from peft_bench.metrics.accuracy import ClassificationEvaluator
@@ -18,7 +18,7 @@ register_task(
 )
 
 
-@register_head("linear", task="classification")
+@register_head("linear", task="classification", config=LinearHeadConfig)
 def linear_head(backbone: SwinBackbone, num_classes: int, cfg: Config) -> ClassificationModel:
     return ClassificationModel(backbone, num_classes, cfg.trainer.label_smoothing, cfg.head.init)
 

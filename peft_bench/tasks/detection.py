@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from peft_bench.backbones.swin import SwinBackbone
-from peft_bench.config import Config
+from peft_bench.config import Config, RetinaNetHeadConfig
 from peft_bench.data.base import TaskData
 from peft_bench.data.embedded import build_scene_detection_data, scene_size
 from peft_bench.data.voc import build_voc_data
@@ -14,7 +14,7 @@ from peft_bench.tasks.base import register_dataset, register_head, register_task
 register_task("detection", main_metric="ap50", evaluator=lambda data, device: VOCEvaluator(data.num_classes))
 
 
-@register_head("retinanet", task="detection", stages=FPN_STAGES)
+@register_head("retinanet", task="detection", config=RetinaNetHeadConfig, stages=FPN_STAGES)
 def retinanet_head(backbone: SwinBackbone, num_classes: int, cfg: Config) -> RetinaNetModel:
     return RetinaNetModel(backbone, num_classes, cfg.head)
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from peft_bench.backbones.swin import SwinBackbone
-from peft_bench.config import Config
+from peft_bench.config import Config, MaskRCNNHeadConfig
 from peft_bench.data.base import TaskData
 from peft_bench.data.coco import build_coco_data
 from peft_bench.data.embedded import build_scene_instance_data, scene_size
@@ -25,7 +25,7 @@ def mask_rcnn_head(backbone: SwinBackbone, num_classes: int, cfg: Config) -> Ins
 
 
 for name in ("mask_rcnn", "cascade_mask_rcnn"):
-    register_head(name, task="instance", stages=(0, 1, 2, 3))(mask_rcnn_head)
+    register_head(name, task="instance", config=MaskRCNNHeadConfig, stages=(0, 1, 2, 3))(mask_rcnn_head)
 
 
 @register_dataset("coco", task="instance")

@@ -8,7 +8,7 @@ embedded `shapes_seg`, `data.image_size` is the side of the generated scenes (No
 from __future__ import annotations
 
 from peft_bench.backbones.swin import SwinBackbone
-from peft_bench.config import Config
+from peft_bench.config import Config, UperNetHeadConfig
 from peft_bench.data.ade20k import ADE20K_CROP, build_ade20k_data
 from peft_bench.data.base import TaskData
 from peft_bench.data.embedded import build_scene_segmentation, scene_size
@@ -24,7 +24,7 @@ register_task(
 )
 
 
-@register_head("upernet", task="semantic", stages=(0, 1, 2, 3))
+@register_head("upernet", task="semantic", config=UperNetHeadConfig, stages=(0, 1, 2, 3))
 def upernet_head(backbone: SwinBackbone, num_classes: int, cfg: Config) -> UperNetSegmenter:
     head = cfg.head
     return UperNetSegmenter(
