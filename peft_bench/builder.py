@@ -13,7 +13,7 @@ from typing import TypeVar
 from omegaconf import OmegaConf
 
 from peft_bench.backbones import build_backbone
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.swin import SwinBackbone, swin_spec
 from peft_bench.config import Config
 from peft_bench.data.base import TaskData
 from peft_bench.errors import UserError
@@ -26,17 +26,20 @@ E = TypeVar("E", DatasetEntry, Head)
 
 
 def task_of(cfg: Config) -> Task:
+    """The registered task of `data.task`."""
     return TASKS.lookup(cfg.data.task)
 
 
 def dataset_of(cfg: Config) -> DatasetEntry:
+    """The registered dataset of `data.name`, if it belongs to the configured task."""
     return _of_task(DATASETS.lookup(cfg.data.name), cfg, DATASETS.values())
 
 
 def head_of(cfg: Config) -> Head:
+    """The registered head of `head.name`, if it belongs to the task and the config has its fields."""
     head = _of_task(HEADS.lookup(cfg.head.name), cfg, HEADS.values())
     schema = OmegaConf.get_type(cfg.head) if OmegaConf.is_config(cfg.head) else type(cfg.head)
-    if not issubclass(schema, head.config):
+    if schema is not dict and not issubclass(schema, head.config):  # dict: a saved, untyped config
         raise UserError(
             f"head.name={head.name!r} with the settings of another head ({schema.__name__}): choose the "
             f"head as a config group, head={head.name}, which brings its own fields ({head.config.__name__})."
@@ -59,11 +62,12 @@ def _of_task(entry: E, cfg: Config, entries: Iterable[E]) -> E:
 
 
 def check_choices(cfg: Config) -> Task:
-    """The configured task, after its dataset and head and the method are checked against the
-    registries: a wrong name fails before anything is loaded or built."""
+    """The configured task, after its dataset, head, method and backbone are checked against what
+    is registered: a wrong name fails before anything is loaded or built."""
     dataset_of(cfg)
     head_of(cfg)
     METHODS.lookup(cfg.method.name)
+    swin_spec(cfg.backbone.name)
     return task_of(cfg)
 
 

@@ -35,7 +35,7 @@ class WandbLogger:
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,
-            mode=cfg.mode,
+            mode=cfg.mode.value if cfg.mode else None,
             name=run_id,
             id=run_id,
             resume="allow",

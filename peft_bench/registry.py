@@ -10,6 +10,7 @@ that `python -m peft_bench`, `peft_bench.params`, `peft_bench.bench` and the rep
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -24,6 +25,7 @@ from peft_bench.config import Config
 from peft_bench.errors import UserError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 PLUGIN_GROUP = "peft_bench.plugins"
 
@@ -31,12 +33,14 @@ PLUGIN_GROUP = "peft_bench.plugins"
 class Registry(dict[str, T]):
     """Names -> entries of one kind; `lookup` fails with the known names, as a user error."""
 
-    def __init__(self, kind: str, key: str) -> None:
+    def __init__(self, kind: str, key: str, choose: str | None = None) -> None:
         super().__init__()
         self.kind = kind  # in words, e.g. "tuning method"
-        self.key = key  # the config key that chooses one, e.g. "method"
+        self.key = key  # the config key that holds the name, e.g. "method"
+        self.choose = choose or f"{key}=<name>"  # how a user chooses one
 
     def add(self, name: str, entry: T) -> T:
+        """Register `entry` as `name`; the same entry twice (a module imported again) is harmless."""
         if name in self and self[name] != entry:
             raise ValueError(f"The {self.kind} {name!r} is registered twice.")
         self[name] = entry
@@ -46,7 +50,7 @@ class Registry(dict[str, T]):
         if name not in self:
             raise UserError(
                 f"Unknown {self.kind} {name!r} ({self.key}). Known: {', '.join(sorted(self))}. Choose one "
-                f"with {self.key}=<name>, or register your own (docs/extending.md)."
+                f"with {self.choose}, or register your own (docs/extending.md)."
             )
         return self[name]
 
@@ -59,12 +63,16 @@ def load_plugins() -> None:
     for entry in entry_points(group=PLUGIN_GROUP):
         try:
             entry.load()
-        except Exception as error:
-            raise UserError(
-                f"The peft_bench plugin {entry.name!r} ({entry.value}, entry-point group {PLUGIN_GROUP}) "
-                f"failed to load: {type(error).__name__}: {error}. Fix or uninstall the package that "
-                "provides it."
-            ) from error
+        except Exception as error:  # one broken plugin must not take the others, or the package, down
+            log.warning(
+                "The peft_bench plugin %r (%s, entry-point group %s) failed to load, and what it registers "
+                "is unavailable: %s: %s. Fix or uninstall the package that provides it.",
+                entry.name,
+                entry.value,
+                PLUGIN_GROUP,
+                type(error).__name__,
+                error,
+            )
 
 
 def register_configs() -> None:

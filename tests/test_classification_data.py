@@ -16,7 +16,8 @@ import scipy.io
 import torch
 from PIL import Image
 
-from peft_bench.config import DataConfig
+from peft_bench.builder import build_data
+from peft_bench.config import Config, DataConfig
 from peft_bench.data import classification
 from peft_bench.data.classification import (
     CLASSIFICATION_DATASETS,
@@ -352,7 +353,8 @@ def test_unset_root_and_unknown_names_are_user_errors() -> None:
     with pytest.raises(UserError, match=r"data\.root is not set"):
         _build("pets", None)
     with pytest.raises(UserError) as error:
-        _build("cifar", None)
+        build_data(Config(data=DataConfig(name="cifar", task="classification")))
     assert all(name in str(error.value) for name in CLASSIFICATION_DATASETS)
+    assert "dataset=<name>" in str(error.value)
     with pytest.raises(UserError, match="selection_split"):
         _build("digits", None, selection_split="train")

@@ -565,7 +565,7 @@ def _model(name: str = "cascade_mask_rcnn", method: str = "full") -> InstanceSeg
     swin = build_swin("swin_micro", dynamic_size=True)
     swin.use_output_norms()
     METHODS[method](METHODS[method].config_class(name=method)).apply(swin)
-    return InstanceSegmentationModel(swin, 10, _head(name), TINY)
+    return InstanceSegmentationModel(swin, 10, _head(name), TINY, cascade=name == "cascade_mask_rcnn")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,10 @@ def test_an_installed_plugin_method_runs_counts_benchmarks_and_reports(
     assert int(by_method["prompts"]["trainable_params"]) == expected_prompts()
 
 
+@pytest.mark.skipif(
+    any(entry.name == "prompts" for entry in entry_points(group="peft_bench.plugins")),
+    reason="the example plugin is installed in this environment",
+)
 def test_without_the_plugin_the_method_is_unknown(tmp_path: Path) -> None:
     result = python(tmp_path, tmp_path, "-m", "peft_bench", "method=prompts", "--cfg", "job")
     assert result.returncode != 0 and "Could not find 'method/prompts'" in result.stderr

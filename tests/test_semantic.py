@@ -273,5 +273,3 @@ def test_shapes_seg_keeps_the_background_as_a_class() -> None:
     images, labels = collate_lists([data.train[i] for i in range(4)])
     assert [tuple(i.shape) for i in images] == [(3, 32, 32)] * 4
     assert all(label.max() <= 10 and (label == 0).any() for label in labels)
-    with pytest.raises(UserError, match=r"head\.inference"):
-        UperNetSegmenter(micro_swin("fixed"), 11, channels=8, inference="tiles")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from peft_bench.backbones.swin import SWIN_SPECS, SwinBackbone, build_swin
+from peft_bench.backbones.swin import SwinBackbone, build_swin, swin_spec
 from peft_bench.backbones.weights import IN22K, build_from_hub, load_weights, resolve_weights
 from peft_bench.config import BackboneConfig
 
@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 def image_size(cfg: BackboneConfig) -> int:
     """The side of the backbone's input images: `img_size`, else the size's native resolution."""
-    return cfg.img_size or SWIN_SPECS[cfg.name].img_size
+    return cfg.img_size or swin_spec(cfg.name).img_size
 
 
 def build_backbone(cfg: BackboneConfig, dynamic_size: bool = False, pretrained: bool = True) -> SwinBackbone:

@@ -30,6 +30,8 @@ from timm.models.swin_transformer import (
 )
 from torch import nn
 
+from peft_bench.errors import UserError
+
 
 @dataclass(frozen=True)
 class SwinSpec:
@@ -72,6 +74,16 @@ SWIN_SPECS: dict[str, SwinSpec] = {
     "swin_nano": _cpu_swin(16),
     "swin_micro": _cpu_swin(32),
 }
+
+
+def swin_spec(name: str) -> SwinSpec:
+    """The architecture of `backbone.name`; an unknown name is a user error that lists the sizes."""
+    if name not in SWIN_SPECS:
+        raise UserError(
+            f"Unknown backbone {name!r} (backbone.name). Known: {', '.join(SWIN_SPECS)}. Choose one with "
+            "backbone=<name>."
+        )
+    return SWIN_SPECS[name]
 
 
 class BlockSlots(nn.Module):
@@ -141,8 +153,7 @@ def prefixed_windowed_attention(
         x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
     mask = block.get_attn_mask(x) if getattr(block, "dynamic_mask", False) else block.attn_mask
     windows = window_partition(x, block.window_size).flatten(1, 2)  # (B * nW, N, C), image-major
-    prefix = prefix.expand(x.shape[0], -1, -1).repeat_interleave(windows.shape[0] // x.shape[0], dim=0)
-    out = _prefixed_attention(block.attn, windows, prefix, mask)
+    out = _prefixed_attention(block.attn, windows, prefix.expand(x.shape[0], -1, -1), mask)
     x = window_reverse(out.view(-1, *block.window_size, x.shape[-1]), block.window_size, *x.shape[1:3])
     if any(shift):
         x = torch.roll(x, shifts=shift, dims=(1, 2))
@@ -153,11 +164,19 @@ def _prefixed_attention(
     attn: WindowAttention, windows: torch.Tensor, prefix: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
     """timm's `WindowAttention` on `windows` (B * nW, N, C) whose queries also see the keys and values
-    of `prefix` (B * nW, P, C), with a zero position bias and no shift mask toward it."""
+    of their image's `prefix` (B, P, C), with a zero position bias and no shift mask toward it."""
     count, n, _ = windows.shape
-    p = prefix.shape[1]
-    qkv = attn.qkv(torch.cat([prefix, windows], dim=1)).reshape(count, p + n, 3, attn.num_heads, -1)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    images, p, _ = prefix.shape
+
+    def heads(tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:  # q, k, v: (tokens, heads, length, dim)
+        qkv = attn.qkv(tokens)
+        qkv = qkv.reshape(*tokens.shape[:2], 3, attn.num_heads, qkv.shape[-1] // (3 * attn.num_heads))
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+    q, k, v = heads(windows)
+    _, prefix_k, prefix_v = heads(prefix)  # once per image, shared by its windows
+    k = torch.cat([prefix_k.repeat_interleave(count // images, dim=0), k], dim=2)
+    v = torch.cat([prefix_v.repeat_interleave(count // images, dim=0), v], dim=2)
     bias = F.pad(attn._get_rel_pos_bias(), (p, 0))  # (1, heads, N, P + N)
     if mask is not None:  # (nW, N, N) of 0 / -100, per window of every image
         windows_per_image = mask.shape[0]
@@ -166,7 +185,7 @@ def _prefixed_attention(
         )
         bias = bias.reshape(count, attn.num_heads, n, p + n)
     dropout = attn.attn_drop.p if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q[:, :, p:], k, v, attn_mask=bias, dropout_p=dropout)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
     return attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(count, n, -1)))
 
 
@@ -326,7 +345,7 @@ def build_swin(
     whatever the size of its map, as the Swin detection and segmentation code does; timm's default
     shrinks the window of a map no larger than it (stage 3 at 224 px) and drops its shift.
     """
-    spec = SWIN_SPECS[name]
+    spec = swin_spec(name)
     model_name = spec.timm_name
     if pretrained_hub:
         model_name = f"{model_name}.{spec.hub_tag}"

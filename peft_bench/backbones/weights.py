@@ -28,7 +28,7 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from timm.models.swin_transformer import checkpoint_filter_fn
 
-from peft_bench.backbones.swin import SWIN_SPECS, SwinBackbone, SwinSpec, build_swin
+from peft_bench.backbones.swin import SWIN_SPECS, SwinBackbone, SwinSpec, build_swin, swin_spec
 from peft_bench.errors import UserError
 
 IN22K, NONE = "in22k", "none"
@@ -62,9 +62,7 @@ def resolve_weights(name: str, weights: str) -> str | Path:
 
     Returns `in22k`, `none`, or the path of an existing checkpoint file.
     """
-    if name not in SWIN_SPECS:
-        raise UserError(f"unknown backbone.name {name!r}: the known sizes are {', '.join(SWIN_SPECS)}")
-    if weights == IN22K and SWIN_SPECS[name].hub_tag is None:
+    if weights == IN22K and swin_spec(name).hub_tag is None:
         raise UserError(
             f"{name} has no ImageNet-22k weights on the hub (the paper has no such size): use backbone."
             f"weights={NONE}, a shipped checkpoint ({_shipped_names()}) or a path to a checkpoint file"
@@ -97,7 +95,7 @@ def build_from_hub(name: str, **options: Any) -> SwinBackbone:
     """`build_swin` with the paper's ImageNet-22k weights: from the Hugging Face cache when it holds
     them, else from the hub. Without either it fails at once (the hub client would retry for
     about a minute), saying how to pass a local checkpoint. `options` are `build_swin`'s."""
-    spec = SWIN_SPECS[name]
+    spec = swin_spec(name)
     cached = _cached_hub_file(spec)
     if cached is None and not _hub_reachable():
         raise _hub_error(spec, "there is no network connection and no copy in the Hugging Face cache")

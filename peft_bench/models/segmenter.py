@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from peft_bench.backbones.swin import SwinBackbone
-from peft_bench.errors import UserError
+from peft_bench.config import Inference
 from peft_bench.metrics.miou import IGNORE_INDEX
 from peft_bench.models.base import TaskModel
 from peft_bench.models.fpn import PyramidBackbone
@@ -30,7 +30,6 @@ from peft_bench.models.upernet import FCNHead, UperNetDecoder, classifier, resiz
 
 AUX_STAGE = 2  # mmseg's in_index=2: stage 3, stride 16
 AUX_CHANNELS = 256
-INFERENCE_MODES = ("whole", "slide")
 
 
 def pad_stack(tensors: Sequence[torch.Tensor], value: float, multiple: int = 1) -> torch.Tensor:
@@ -90,13 +89,11 @@ class UperNetSegmenter(TaskModel):
         num_classes: int,
         channels: int = 512,
         aux_weight: float = 0.4,
-        inference: str = "whole",
+        inference: Inference = Inference.whole,
         slide_crop: int = 512,
         slide_stride: int = 341,
     ) -> None:
         super().__init__()
-        if inference not in INFERENCE_MODES:
-            raise UserError(f"head.inference must be one of {', '.join(INFERENCE_MODES)}, got {inference!r}.")
         self.body = PyramidBackbone(swin, (0, 1, 2, 3))
         self.decoder = UperNetDecoder(self.body.in_channels, channels)
         self.classifier = classifier(channels, num_classes)
@@ -138,7 +135,7 @@ class UperNetSegmenter(TaskModel):
     def predict(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Logits (K, H, W) of each image at its own size."""
         batch = pad_stack(images, 0.0)
-        if self.inference == "slide":
+        if Inference(self.inference) is Inference.slide:
             logits = slide_inference(self.logits, batch, self.slide_crop, self.slide_stride)
         else:
             logits = self.logits(batch)

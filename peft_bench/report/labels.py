@@ -4,6 +4,7 @@ without one is shown as it is. A method's name is the label it registered with."
 from __future__ import annotations
 
 from peft_bench.methods import METHODS
+from peft_bench.registry import load_plugins
 
 NAMES = {
     # datasets
@@ -31,6 +32,7 @@ NAMES = {
 
 
 def label(name: object) -> str:
+    load_plugins()  # a plugin's method is labelled as it registered
     if str(name) in METHODS:
         return METHODS[str(name)].label
     return NAMES.get(str(name), str(name))

@@ -28,6 +28,8 @@ ModelBuilder = Callable[[SwinBackbone, int, Config], TaskModel]  # (tuned backbo
 
 @dataclass(frozen=True)
 class Task:
+    """A task: how its predictions are scored, and which score selects the model."""
+
     name: str
     main_metric: str  # the validation metric that selects the model (higher is better)
     build_evaluator: Callable[[TaskData, torch.device], Evaluator]
@@ -35,6 +37,8 @@ class Task:
 
 @dataclass(frozen=True)
 class DatasetEntry:
+    """A dataset: the task it serves and the function that builds its splits from the config."""
+
     name: str
     task: str
     build: DataBuilder
@@ -42,6 +46,8 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class Head:
+    """A head: its task, the function that builds the task model, its schema, the stages it reads."""
+
     name: str
     task: str
     build: ModelBuilder
@@ -56,7 +62,7 @@ class Head:
 
 
 TASKS: Registry[Task] = Registry("task", "data.task")
-DATASETS: Registry[DatasetEntry] = Registry("dataset", "data.name")
+DATASETS: Registry[DatasetEntry] = Registry("dataset", "data.name", choose="dataset=<name>")
 HEADS: Registry[Head] = Registry("head", "head")
 
 

@@ -10,7 +10,7 @@ from peft_bench.data.coco import build_coco_data
 from peft_bench.data.embedded import build_scene_instance_data, scene_size
 from peft_bench.metrics.coco import InstanceEvaluator
 from peft_bench.models.mask_rcnn import MMDET_BUDGET, InstanceSegmentationModel, ProposalBudget
-from peft_bench.tasks.base import register_dataset, register_head, register_task
+from peft_bench.tasks.base import ModelBuilder, register_dataset, register_head, register_task
 
 # The embedded scenes hold 1-3 objects in 128 px: a small budget keeps CPU steps short (the mask
 # heads run on every detection, three times in the cascade).
@@ -19,13 +19,18 @@ BUDGETS = {"shapes_inst": ProposalBudget((256, 256), (128, 100), roi_samples=64,
 register_task("instance", main_metric="ap_mask", evaluator=lambda data, device: InstanceEvaluator())
 
 
-def mask_rcnn_head(backbone: SwinBackbone, num_classes: int, cfg: Config) -> InstanceSegmentationModel:
-    budget = BUDGETS.get(cfg.data.name, MMDET_BUDGET)
-    return InstanceSegmentationModel(backbone, num_classes, cfg.head, budget)
+def detector(cascade: bool) -> ModelBuilder:
+    """The builder of Mask R-CNN, with the cascade's RoI heads or not."""
+
+    def build(backbone: SwinBackbone, num_classes: int, cfg: Config) -> InstanceSegmentationModel:
+        budget = BUDGETS.get(cfg.data.name, MMDET_BUDGET)
+        return InstanceSegmentationModel(backbone, num_classes, cfg.head, budget, cascade)
+
+    return build
 
 
-for name in ("mask_rcnn", "cascade_mask_rcnn"):
-    register_head(name, task="instance", config=MaskRCNNHeadConfig, stages=(0, 1, 2, 3))(mask_rcnn_head)
+for name, cascade in (("mask_rcnn", False), ("cascade_mask_rcnn", True)):
+    register_head(name, task="instance", config=MaskRCNNHeadConfig, stages=(0, 1, 2, 3))(detector(cascade))
 
 
 @register_dataset("coco", task="instance")
