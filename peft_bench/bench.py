@@ -6,7 +6,9 @@ All methods' models live side by side and are timed in an interleaved, rotating 
 drift of the machine (other load, thermal state) hits every method alike; the table reports
 medians and ratios to Full. One CSV row per method.
 
-Peak memory: on CUDA, `torch.cuda.max_memory_allocated` over a training step. The CPU allocator
+Each candidate is on the device only while it is measured (the others wait on the CPU), under the
+autocast of training (`--precision`, as `trainer.precision`). Peak memory: on CUDA,
+`torch.cuda.max_memory_allocated` over a training step of that candidate alone. The CPU allocator
 keeps no such statistics, so on the CPU the column is the step's own account: weights, gradients
 and AdamW state of the trainable tensors, and the activations autograd saves for backward
 (`mem_source` says which).
@@ -19,7 +21,8 @@ import csv
 import io
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +30,10 @@ import torch
 from hydra import compose
 
 from peft_bench.builder import build_task_model
-from peft_bench.config import Device
+from peft_bench.config import Device, Precision
 from peft_bench.engine.distributed import resolve_device
 from peft_bench.engine.optim import build_optimizer
+from peft_bench.engine.precision import Autocast, autocast, resolve_precision
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
 from peft_bench.models.base import TaskModel
@@ -42,6 +46,7 @@ COLUMNS = [
     "img_size",
     "batch",
     "device",
+    "precision",
     "trainable_params",
     "step_ms",
     "train_img_s",
@@ -78,18 +83,42 @@ def _timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _train_step(c: Candidate, images: torch.Tensor, targets: torch.Tensor) -> None:
+def _train_step(c: Candidate, images: torch.Tensor, targets: torch.Tensor, amp: Autocast) -> None:
     c.model.train()
-    loss = c.model(images, targets)
+    with amp():
+        loss = c.model(images, targets)
     c.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     c.optimizer.step()
 
 
 @torch.no_grad()
-def _infer(c: Candidate, images: torch.Tensor) -> None:
+def _infer(c: Candidate, images: torch.Tensor, amp: Autocast) -> None:
     c.model.eval()
-    c.model.predict(images)
+    with amp():
+        c.model.predict(images)
+
+
+@contextmanager
+def on_device(c: Candidate, device: torch.device) -> Iterator[None]:
+    """`c` on `device` (model and optimiser state) while it is measured, then back on the CPU with its
+    gradients freed: the GPU holds one candidate at a time, so its memory is that candidate's alone."""
+    _move(c, device)
+    try:
+        yield
+    finally:
+        c.model.zero_grad(set_to_none=True)
+        _move(c, torch.device("cpu"))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _move(c: Candidate, device: torch.device) -> None:
+    c.model.to(device)
+    for state in c.optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                state[key] = value.to(device)
 
 
 def step_memory_account(c: Candidate, images: torch.Tensor, targets: torch.Tensor) -> int:
@@ -114,9 +143,7 @@ def step_memory_account(c: Candidate, images: torch.Tensor, targets: torch.Tenso
     return weights + 3 * trainable + sum(saved.values())
 
 
-def build_candidates(
-    methods: list[str], backbone: str, img_size: int, device: torch.device
-) -> list[Candidate]:
+def build_candidates(methods: list[str], backbone: str, img_size: int) -> list[Candidate]:
     """Each method's classifier over 100 classes, built as a run builds it (random weights)."""
     candidates = []
     with config_session():
@@ -125,34 +152,50 @@ def build_candidates(
                 "config", [f"method={name}", f"backbone={backbone}", f"backbone.img_size={img_size}"]
             )
             torch.manual_seed(0)
-            model = build_task_model(cfg, num_classes=100, pretrained=False).to(device)
+            model = build_task_model(cfg, num_classes=100, pretrained=False)  # on the CPU until measured
             candidates.append(Candidate(name, model, build_optimizer(model, lr=1e-4, weight_decay=0.05)))
     return candidates
 
 
 def measure(
-    candidates: list[Candidate], batch: int, img_size: int, repeats: int, warmup: int, device
+    candidates: list[Candidate],
+    batch: int,
+    img_size: int,
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    precision: Precision,
 ) -> None:
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     targets = torch.randint(0, 100, (batch,), device=device)
+    amp = autocast(device, precision)
     for c in candidates:
-        for _ in range(warmup):
-            _train_step(c, images, targets)
-            _infer(c, images)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            _train_step(c, images, targets)
-            c.peak_bytes = torch.cuda.max_memory_allocated(device)
-        else:
-            c.peak_bytes = step_memory_account(c, images, targets)
+        with on_device(c, device):
+            for _ in range(warmup):
+                _train_step(c, images, targets, amp)
+                _infer(c, images, amp)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                _train_step(c, images, targets, amp)
+                c.peak_bytes = torch.cuda.max_memory_allocated(device)
+            else:
+                c.peak_bytes = step_memory_account(c, images, targets)
     for r in range(repeats):
         shift = r % len(candidates)  # rotate the order: no method always runs first or last
         for c in candidates[shift:] + candidates[:shift]:
-            c.step_s.append(_timed(lambda c=c: _train_step(c, images, targets), device))
-            c.infer_s.append(_timed(lambda c=c: _infer(c, images), device))
+            with on_device(c, device):
+                c.step_s.append(_timed(lambda c=c: _train_step(c, images, targets, amp), device))
+                c.infer_s.append(_timed(lambda c=c: _infer(c, images, amp), device))
 
 
-def table(candidates: list[Candidate], backbone: str, img_size: int, batch: int, device) -> list[dict]:
+def table(
+    candidates: list[Candidate],
+    backbone: str,
+    img_size: int,
+    batch: int,
+    device: torch.device,
+    precision: Precision,
+) -> list[dict]:
     rows = []
     for c in candidates:
         step, infer = statistics.median(c.step_s), statistics.median(c.infer_s)
@@ -163,6 +206,7 @@ def table(candidates: list[Candidate], backbone: str, img_size: int, batch: int,
                 "img_size": img_size,
                 "batch": batch,
                 "device": str(device),
+                "precision": precision.value,
                 "trainable_params": sum(p.numel() for p in c.model.backbone.parameters() if p.requires_grad),
                 "step_ms": round(1000 * step, 2),
                 "train_img_s": round(batch / step, 2),
@@ -203,6 +247,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=15, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto", choices=[d.value for d in Device])
+    parser.add_argument(
+        "--precision", default="auto", choices=[p.value for p in Precision], help="as trainer.precision"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="CSV path (default results/bench/...)")
     args = parser.parse_args(argv)
@@ -216,11 +263,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
+        precision = resolve_precision(args.precision, device)
     except UserError as error:
         parser.error(str(error))
-    candidates = build_candidates(methods, args.backbone, args.img_size, device)
-    measure(candidates, args.batch, args.img_size, args.repeats, args.warmup, device)
-    rows = table(candidates, args.backbone, args.img_size, args.batch, device)
+    candidates = build_candidates(methods, args.backbone, args.img_size)
+    measure(candidates, args.batch, args.img_size, args.repeats, args.warmup, device, precision)
+    rows = table(candidates, args.backbone, args.img_size, args.batch, device, precision)
     out = (
         args.out
         or Path("results/bench") / f"bench-{args.backbone}-{args.img_size}px-b{args.batch}-{device.type}.csv"

@@ -1,8 +1,9 @@
 """The structured-config schema: every key a run accepts, with its type and default.
 
-Hydra merges `conf/` over these dataclasses, so a misspelt key or a wrong type fails at start-up
-with the key named. Each method registers its own schema (a subclass of `MethodConfig`) with
-`peft_bench.methods.register_method`; `peft_bench.registry.register_configs` stores them all.
+Hydra merges the package's configs (`peft_bench/conf`, also `conf/`) over these dataclasses, so a
+misspelt key or a wrong type fails at start-up with the key named. Each method and each head
+registers its own schema (a subclass of `MethodConfig`, `HeadConfig`) when it registers itself;
+`peft_bench.registry.register_configs` stores the run schema and loads them all.
 """
 
 from __future__ import annotations
@@ -74,6 +75,15 @@ class Inference(str, Enum):
 
     whole = "whole"  # the image at once
     slide = "slide"  # mmseg's sliding window
+
+
+class Precision(str, Enum):
+    """Numeric precision of a run (`peft_bench.engine.precision`)."""
+
+    auto = "auto"  # bf16 where the GPU has it natively, else fp16 with a loss scale; fp32 on the CPU
+    bf16 = "bf16"  # bf16 autocast (the CPU can autocast too)
+    fp16 = "fp16"  # fp16 autocast with a dynamic loss scale (CUDA)
+    fp32 = "fp32"
 
 
 class Resume(str, Enum):
@@ -239,7 +249,7 @@ class TrainerConfig:
     power: float = 1.0  # poly
     clip_grad_norm: float | None = 5.0
     label_smoothing: float = 0.0
-    amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on the CPU
+    precision: Precision = Precision.auto
     device: Device = Device.auto
     seed: int = 0
     eval_every: int = 1  # validate every N epochs

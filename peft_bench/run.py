@@ -19,20 +19,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from peft_bench.accounting import parameter_counts, trainable_manifest
 from peft_bench.builder import build_data, build_task_model, check_choices
-from peft_bench.config import Resume
+from peft_bench.config import Precision, Resume
 from peft_bench.delta import backbone_fingerprint, save_delta
 from peft_bench.engine.distributed import DistInfo, broadcast_object, init_distributed, shutdown_distributed
-from peft_bench.engine.trainer import Trainer, check_batch_fits
+from peft_bench.engine.precision import resolve_precision
+from peft_bench.engine.trainer import Trainer, check_batch_fits, per_device_batch
 from peft_bench.loggers import make_logger
 from peft_bench.results.atomic import write_json_atomic, write_text_atomic
 from peft_bench.results.protocol import protocol_hash, protocol_name, run_id_for
 from peft_bench.results.store import read_record, run_dir, write_history, write_record
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, numpy and torch with `seed + rank`: each process draws its own augmentation,
+    dropout and drop path; the weights stay rank 0's (DDP broadcasts them), so rank 0 trains as a
+    single-process run of the same seed. DataLoader workers are seeded from torch's generator."""
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
 
 
 def git_sha() -> str | None:
@@ -84,6 +88,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
+    # Resolved before the run id, which it enters: a CPU fp32 run and a GPU bf16 run are not the same run.
+    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, info.device)
+    per_device = per_device_batch(cfg.data.batch_size, info.world_size)
     run_id = resolve_run_id(cfg, info)
     directory = run_dir(cfg.paths.results_dir, run_id)
     existing = read_record(directory)
@@ -93,7 +100,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         return existing
 
     started = time.time()
-    seed_everything(cfg.trainer.seed)
+    seed_everything(cfg.trainer.seed, info.rank)
     task = check_choices(cfg)
     data = build_data(cfg)  # first: a missing dataset fails before any model is built
     check_batch_fits(len(data.train), cfg.data.batch_size, info.world_size)
@@ -122,6 +129,8 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         "git_sha": git_sha(),
         "versions": versions(),
         "device": device_name(info),
+        "precision": Precision(cfg.trainer.precision).value,
+        "batch": {"global": cfg.data.batch_size, "per_device": per_device, "world_size": info.world_size},
         "wall_s": None,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -163,6 +172,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         best=result.best,
         val_history=result.val_history,
         steps=result.steps,
+        skipped_steps=trainer.state.skipped_steps,
         wall_s=time.time() - started,
     )
     if info.is_main:

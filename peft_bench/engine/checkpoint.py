@@ -38,19 +38,34 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
         )
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's generators: the CPU's, numpy's, Python's and its own CUDA device's."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def rank_rng_state(saved: list[dict[str, Any]] | dict[str, Any], rank: int) -> dict[str, Any] | None:
+    """The generators that process `rank` saved: checkpoints hold one state per process (older ones a
+    single state, rank 0's). None for a process the saved run did not have: it keeps its own seed."""
+    states = saved if isinstance(saved, list) else [saved]
+    return states[rank] if rank < len(states) else None
+
+
+def set_rng_state(state: dict[str, Any] | None, device: torch.device) -> None:
+    """Restore `rng_state`'s generators (nothing for None). A CUDA state goes to this process's device;
+    an older checkpoint's list of every visible device's gives the one of the same index, if any."""
+    if state is None:
+        return
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):
+        cuda = cuda[device.index] if device.type == "cuda" and device.index < len(cuda) else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -12,6 +13,8 @@ from torch.utils.data import Sampler
 
 from peft_bench.config import Device
 from peft_bench.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,13 +64,29 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def all_gather_list(items: list) -> list:
-    """Every rank's `items`, concatenated in rank order; this rank's own when not distributed."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_to_main(items: list) -> list | None:
+    """Every process's `items`, concatenated in rank order, on rank 0 (None elsewhere); this
+    process's own when not distributed."""
+    if not _distributed():
         return items
-    parts: list[list | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, items)
-    return [item for part in parts for item in part]  # type: ignore[union-attr]
+    parts: list[list] | None = [[] for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None
+    dist.gather_object(items, parts, dst=0)
+    return None if parts is None else [item for part in parts for item in part]
+
+
+def computed_on_main(items: list, compute: Callable[[list], T]) -> T:
+    """`compute` over every process's `items`, run once, on rank 0, and its result sent to all."""
+    gathered = gather_to_main(items)
+    result = compute(gathered) if gathered is not None else None
+    if not _distributed():
+        return result
+    box = [result]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def broadcast_object(obj: object, info: DistInfo) -> object:

@@ -8,7 +8,6 @@ from the same state and ends with the same metrics as a run that was never inter
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,17 +26,41 @@ from peft_bench.data.base import TaskData
 from peft_bench.engine.checkpoint import (
     load_checkpoint,
     load_trainable_state,
+    rank_rng_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
     trainable_state,
 )
-from peft_bench.engine.distributed import DistInfo, ShardSampler
+from peft_bench.engine.distributed import DistInfo, ShardSampler, gather_to_main
 from peft_bench.engine.optim import build_optimizer
+from peft_bench.engine.precision import autocast, grad_scaler, resolve_precision
 from peft_bench.engine.schedules import build_scheduler
 from peft_bench.errors import TrainingDiverged, UserError
 from peft_bench.metrics.base import Evaluator
 from peft_bench.models.base import TaskModel
+
+
+class RunningLoss:
+    """The sum of the losses since the last history row, kept on the device: reading it is a host
+    sync, which happens once a row (`trainer.log_every`), not once a step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), device=device)
+        self.count = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss.float()
+        self.count += 1
+
+    def mean(self, info: DistInfo) -> float:
+        """The mean over the steps and the processes; then it starts again."""
+        total = self.total / self.count
+        if info.distributed:  # gloo has no AVG: sum, then divide
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            total = total / info.world_size
+        self.total, self.count = torch.zeros_like(self.total), 0
+        return total.item()
 
 
 @dataclass
@@ -49,6 +72,7 @@ class LoopState:
     best_value: float | None = None
     best_epoch: int | None = None
     best_step: int | None = None
+    skipped_steps: int = 0  # fp16 steps skipped for inf or NaN gradients
     history: list[dict[str, float]] = field(default_factory=list)
     val_history: list[dict[str, float]] = field(default_factory=list)
 
@@ -64,10 +88,20 @@ class FitResult:
     steps: int
 
 
+def per_device_batch(batch_size: int, world_size: int) -> int:
+    """Each process's share of the configured batch, which is the global one."""
+    if batch_size % world_size:
+        raise UserError(
+            f"data.batch_size={batch_size} is the global batch, and {world_size} processes cannot share it "
+            f"evenly. Choose a multiple of {world_size} (the lr was set for the global batch), or run on "
+            "a number of processes that divides it."
+        )
+    return batch_size // world_size
+
+
 def check_batch_fits(train_size: int, batch_size: int, world_size: int) -> None:
-    """Every rank must get one whole batch an epoch (an epoch drops its last, partial batch)."""
-    per_rank = max(1, batch_size // world_size)
-    if train_size // world_size < per_rank:
+    """Every process must get one whole batch an epoch (an epoch drops its last, partial batch)."""
+    if train_size // world_size < per_device_batch(batch_size, world_size):
         raise UserError(
             f"The training split has {train_size} samples, fewer than one batch of {batch_size} "
             f"(data.batch_size{f', over {world_size} processes' if world_size > 1 else ''}): an epoch "
@@ -85,14 +119,6 @@ def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(to_device(v, device) for v in obj)
     return obj
-
-
-def autocast_for(device: torch.device, enabled: bool) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on CUDA where supported (fp16 otherwise); nothing on the CPU."""
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
 
 
 class Trainer:
@@ -114,7 +140,8 @@ class Trainer:
         self.lr_mult = lr_mult
         self.log = log or (lambda metrics, step: None)
         self.on_epoch_end = on_epoch_end or (lambda state: None)
-        self.autocast = autocast_for(self.device, cfg.amp)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.autocast = autocast(self.device, self.precision)
         self.state = LoopState()  # readable after a failure: the history up to that point
 
     # ---- data -------------------------------------------------------------------------------
@@ -127,10 +154,9 @@ class Trainer:
             seed=self.cfg.seed,
             drop_last=True,
         )
-        batch_size = max(1, self.data_cfg.batch_size // self.info.world_size)
         return DataLoader(
             dataset,
-            batch_size=batch_size,
+            batch_size=per_device_batch(self.data_cfg.batch_size, self.info.world_size),
             sampler=sampler,
             drop_last=True,
             num_workers=self.data_cfg.num_workers,
@@ -160,7 +186,6 @@ class Trainer:
             nn.SyncBatchNorm.convert_sync_batchnorm(model)
         train_loader = self._train_loader(data.train, data.collate_fn)
         val_loader = None if data.val is None else self._eval_loader(data.val, data.collate_fn)
-        check_batch_fits(len(data.train), self.data_cfg.batch_size, self.info.world_size)
         steps_per_epoch = len(train_loader)
         total_steps = cfg.iterations or cfg.epochs * steps_per_epoch
         stop_step = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
@@ -169,8 +194,7 @@ class Trainer:
             model, cfg.lr * self.lr_mult, cfg.weight_decay, cfg.head_lr_mult, cfg.no_decay
         )
         scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
-        use_scaler = self.device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
-        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        scaler = grad_scaler(self.device, self.precision)
         trainable = [p for p in model.parameters() if p.requires_grad]
         net: nn.Module = DistributedDataParallel(model) if self.info.distributed else model
 
@@ -182,9 +206,10 @@ class Trainer:
             load_trainable_state(model, ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
+            if ckpt["scaler"] and scaler.is_enabled():  # a run without a loss scale saved none
+                scaler.load_state_dict(ckpt["scaler"])
             state = self.state = LoopState(**ckpt["loop"])
-            set_rng_state(ckpt["rng"])
+            set_rng_state(rank_rng_state(ckpt["rng"], self.info.rank), self.device)
 
         bar = tqdm(
             total=stop_step,
@@ -193,28 +218,24 @@ class Trainer:
             desc="train",
             dynamic_ncols=True,
         )
+        losses = RunningLoss(self.device)
         while state.step < stop_step:
             train_loader.sampler.set_epoch(state.epoch)
             net.train()
             for images, targets in train_loader:
-                loss = self._train_step(net, optimizer, scheduler, scaler, trainable, images, targets, state)
+                losses.add(
+                    self._train_step(net, optimizer, scheduler, scaler, trainable, images, targets, state)
+                )
                 state.step += 1
                 bar.update(1)
-                bar.set_postfix(epoch=state.epoch, loss=f"{loss:.4f}")
                 if state.step % cfg.log_every == 0 or state.step == stop_step:
-                    row = {
-                        "step": state.step,
-                        "epoch": state.epoch,
-                        "loss": loss,
-                        "lr": scheduler.get_last_lr()[0],
-                    }
-                    state.history.append(row)
-                    self.log({"train/loss": loss, "train/lr": row["lr"]}, state.step)
+                    self._log_row(losses.mean(self.info), scheduler, scaler, state, bar)
                 if state.step >= stop_step:
                     break
             state.epoch += 1
             if val_loader is not None and (state.epoch % cfg.eval_every == 0 or state.step >= stop_step):
                 self._validate(model, val_loader, evaluator, main_metric, state, best_path)
+            rng = gather_to_main([rng_state(self.device)])  # each process's own generators
             if self.info.is_main:
                 save_checkpoint(
                     last_path,
@@ -223,7 +244,7 @@ class Trainer:
                     scheduler=scheduler.state_dict(),
                     scaler=scaler.state_dict(),
                     loop=vars(state),
-                    rng=rng_state(),
+                    rng=rng,
                 )
                 self.on_epoch_end(state)
             self._barrier()
@@ -265,25 +286,44 @@ class Trainer:
         images: Any,
         targets: Any,
         state: LoopState,
-    ) -> float:
+    ) -> torch.Tensor:
+        """One optimiser step; its loss stays on the device (read when a history row is written)."""
         images, targets = to_device(images, self.device), to_device(targets, self.device)
         with self.autocast():
             loss = net(images, targets)
-        loss_value = self._mean_over_ranks(loss.detach().float())
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"the training loss became {loss_value} at step {state.step + 1} (epoch {state.epoch}); "
-                "lower trainer.lr or set trainer.clip_grad_norm"
-            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if self.cfg.clip_grad_norm is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, self.cfg.clip_grad_norm)
         scaler.step(optimizer)
-        scaler.update()
+        if scaler.is_enabled():  # fp16: a step with inf or NaN gradients is skipped, the scale halved
+            scale = scaler.get_scale()
+            scaler.update()
+            state.skipped_steps += int(scaler.get_scale() < scale)
         scheduler.step()
-        return loss_value
+        return loss.detach()
+
+    def _log_row(
+        self,
+        loss: float,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+        state: LoopState,
+        bar: tqdm,
+    ) -> None:
+        """A history row: the mean loss since the last one, checked to be finite, and the lr."""
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss} by step {state.step} (epoch {state.epoch}); "
+                "lower trainer.lr or set trainer.clip_grad_norm"
+            )
+        row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": scheduler.get_last_lr()[0]}
+        if scaler.is_enabled():
+            row.update(loss_scale=scaler.get_scale(), skipped_steps=state.skipped_steps)
+        state.history.append(row)
+        self.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "epoch")}, state.step)
+        bar.set_postfix(epoch=state.epoch, loss=f"{loss:.4f}")
 
     def _validate(
         self,
@@ -314,14 +354,8 @@ class Trainer:
         for images, targets in loader:
             with self.autocast():
                 predictions = model.predict(to_device(images, self.device))
-            evaluator.update(predictions, to_device(targets, self.device))
+            evaluator.update(predictions, targets)  # on the CPU: an evaluator moves what it needs
         return evaluator.compute()
-
-    def _mean_over_ranks(self, value: torch.Tensor) -> float:
-        if self.info.distributed:  # gloo has no AVG: sum, then divide
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-            value = value / self.info.world_size
-        return value.item()
 
     def _barrier(self) -> None:
         if self.info.distributed:

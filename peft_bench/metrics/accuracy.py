@@ -22,7 +22,7 @@ class ClassificationEvaluator:
         self.metrics.reset()
 
     def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
-        self.metrics.update(predictions.float(), targets)
+        self.metrics.update(predictions.float(), targets.to(predictions.device))
 
     def compute(self) -> dict[str, float]:
         return {name: 100.0 * value.item() for name, value in self.metrics.compute().items()}

@@ -7,7 +7,7 @@ import importlib.util
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-from peft_bench.engine.distributed import all_gather_list
+from peft_bench.engine.distributed import computed_on_main
 
 MASK_THRESHOLD = 0.5  # mask probabilities above it belong to the instance (mmdet's mask_thr_binary)
 
@@ -56,15 +56,12 @@ class InstanceEvaluator:
         self.metric.update(detections, truths)
 
     def compute(self) -> dict[str, float]:
-        result = self.gathered().compute()
-        return {"ap_box": 100.0 * result["bbox_map"].item(), "ap_mask": 100.0 * result["segm_map"].item()}
+        """Over every process's images: COCO evaluation runs once, on rank 0."""
+        return computed_on_main([self.metric.metric_state], self._ap)
 
-    def gathered(self) -> MeanAveragePrecision:
-        """The metric over the images of all ranks (this rank's metric when not distributed)."""
-        shards = all_gather_list([self.metric.metric_state])
-        if len(shards) == 1:
-            return self.metric
+    def _ap(self, shards: list[dict[str, list]]) -> dict[str, float]:
         merged = self.new_metric()
         for name in self.metric.metric_state:
             setattr(merged, name, [item for shard in shards for item in shard[name]])
-        return merged
+        result = merged.compute()
+        return {"ap_box": 100.0 * result["bbox_map"].item(), "ap_mask": 100.0 * result["segm_map"].item()}

@@ -59,7 +59,7 @@ class SegmentationEvaluator:
         for logits, target in zip(predictions, targets, strict=True):
             if logits.shape[-2:] != target.shape[-2:]:
                 logits = resize(logits[None].float(), target.shape[-2:])[0]
-            self.scores.update(logits.argmax(0), target)
+            self.scores.update(logits.argmax(0), target.to(logits.device))
 
     def compute(self) -> dict[str, float]:
         return self.scores.compute()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from peft_bench.engine.distributed import all_gather_list
+from peft_bench.engine.distributed import computed_on_main
 
 MODES = ("11points", "area")
 
@@ -148,9 +148,12 @@ class VOCEvaluator:
             )
 
     def compute(self) -> dict[str, float]:
-        mean, _ = voc_map(
-            all_gather_list(self.detections), all_gather_list(self.ground_truths), self.labels, 0.5, self.mode
-        )
+        """Over every process's images: computed once, on rank 0."""
+        return computed_on_main(list(zip(self.detections, self.ground_truths, strict=True)), self._ap50)
+
+    def _ap50(self, images: list[tuple[Detections, GroundTruth]]) -> dict[str, float]:
+        detections, truths = zip(*images, strict=True) if images else ((), ())
+        mean, _ = voc_map(list(detections), list(truths), self.labels, 0.5, self.mode)
         return {"ap50": 100.0 * mean}
 
 

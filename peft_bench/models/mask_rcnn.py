@@ -4,7 +4,7 @@ The detector is torchvision's `MaskRCNN` as mmdet's Swin configs build it: an FP
 stages with a max-pooled fifth level, one anchor size per level with ratios 0.5 / 1 / 2, and images
 resized by torchvision's `GeneralizedRCNNTransform` (a random `head.min_size` per image in training,
 the last one in evaluation, the longer side capped at `head.max_size`), normalised with the ImageNet
-statistics from [0, 1] inputs. `head=cascade_mask_rcnn` swaps its RoI heads for the three
+statistics from [0, 1] inputs. Cascade Mask R-CNN (`head=cascade_mask_rcnn`) swaps its RoI heads for the three
 cascade stages of `peft_bench.models.cascade`.
 """
 
@@ -15,9 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from peft_bench.backbones.swin import SwinBackbone
@@ -32,10 +29,10 @@ from peft_bench.models.cascade import (
     fcn_mask_head,
     mmdet_stages,
 )
+from peft_bench.models.fp32 import Float32AnchorGenerator, Float32BoxPredictor, Float32RPNHead
 from peft_bench.models.fpn import SwinFPN
 from peft_bench.models.rpn import MmdetRPN
 
-HEADS = ("mask_rcnn", "cascade_mask_rcnn")
 ANCHOR_SIZES = (32, 64, 128, 256, 512)  # mmdet's scale 8 at strides 4-64 (torchvision's default)
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 RPN_IOUS, RPN_SAMPLES = (0.7, 0.3), 256  # torchvision's defaults, mmdet's train_cfg.rpn
@@ -56,38 +53,18 @@ class ProposalBudget:
 MMDET_BUDGET = ProposalBudget((2000, 1000), (2000, 1000), roi_samples=512, detections=100)
 
 
-class Float32RPNHead(RPNHead):
-    """torchvision's RPN head with float32 outputs. Under autocast, torchvision's `BoxCoder` decodes
-    boxes in the dtype of the deltas, and bfloat16 coordinates lie 4 px apart at 800 px: box decoding
-    and losses stay in float32, as mmdet keeps them (`force_fp32`)."""
-
-    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        logits, deltas = super().forward(x)
-        return [t.float() for t in logits], [t.float() for t in deltas]
-
-
-class Float32BoxPredictor(FastRCNNPredictor):
-    """torchvision's class-specific box predictor with float32 outputs (see `Float32RPNHead`)."""
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, deltas = super().forward(x)
-        return scores.float(), deltas.float()
-
-
 def build_detector(
-    swin: SwinBackbone, num_classes: int, head: MaskRCNNHeadConfig, budget: ProposalBudget
+    swin: SwinBackbone, num_classes: int, head: MaskRCNNHeadConfig, budget: ProposalBudget, cascade: bool
 ) -> MaskRCNN:
-    """torchvision's Mask R-CNN over `num_classes` object classes, with cascade heads if asked."""
-    if head.name not in HEADS:
-        raise UserError(
-            f"Unknown instance segmentation head {head.name!r} (head.name): use {' or '.join(HEADS)}."
-        )
+    """torchvision's Mask R-CNN over `num_classes` object classes, with the cascade's RoI heads if
+    `cascade`."""
     sizes = tuple(head.anchor_sizes or ANCHOR_SIZES)
     if len(sizes) != len(ANCHOR_SIZES):
         raise UserError(
             f"head.anchor_sizes needs one anchor size per FPN level, {len(ANCHOR_SIZES)} in all "
             f"(strides 4 to 64), got {list(sizes)}."
         )
+    anchors = Float32AnchorGenerator(tuple((s,) for s in sizes), (ASPECT_RATIOS,) * len(sizes))
     channels, classes = head.fpn_channels, num_classes + 1  # torchvision counts the background
     mask_head, mask_predictor = fcn_mask_head(channels, classes)
     pools = {}
@@ -103,7 +80,7 @@ def build_detector(
         max_size=head.max_size,
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
-        rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in sizes), (ASPECT_RATIOS,) * len(sizes)),
+        rpn_anchor_generator=anchors,
         rpn_head=Float32RPNHead(channels, len(ASPECT_RATIOS)),
         rpn_pre_nms_top_n_train=budget.rpn_pre_nms[0],
         rpn_pre_nms_top_n_test=budget.rpn_pre_nms[1],
@@ -128,7 +105,7 @@ def build_detector(
             post_nms_top_n={"training": budget.rpn_post_nms[0], "testing": budget.rpn_post_nms[1]},
             nms_thresh=0.7,
         )
-    if head.name == "cascade_mask_rcnn":
+    if cascade:
         plain = detector.roi_heads
         detector.roi_heads = CascadeRoIHeads(
             plain.box_roi_pool,
@@ -152,9 +129,10 @@ class InstanceSegmentationModel(TaskModel):
         num_classes: int,
         head: MaskRCNNHeadConfig,
         budget: ProposalBudget = MMDET_BUDGET,
+        cascade: bool = True,
     ) -> None:
         super().__init__()
-        self.detector = build_detector(backbone, num_classes, head, budget)
+        self.detector = build_detector(backbone, num_classes, head, budget, cascade)
 
     @property
     def backbone(self) -> SwinBackbone:  # nested in the detector: exposed, not registered twice

@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchvision.models.detection import RetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from peft_bench.backbones.swin import SwinBackbone
 from peft_bench.config import RetinaNetHeadConfig
@@ -26,10 +25,12 @@ from peft_bench.data.targets import Target
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from peft_bench.errors import UserError
 from peft_bench.models.base import TaskModel
+from peft_bench.models.fp32 import Float32AnchorGenerator, Float32RetinaNetHead
 from peft_bench.models.fpn import ExtraLevelsOnInput, SwinFPN
 
 FPN_STAGES = (1, 2, 3)
 RATIOS = (0.5, 1.0, 2.0)
+TORCHVISION_ANCHOR_SIZES = (32, 64, 128, 256, 512)  # base sizes on P3-P7: torchvision's and mmdet's
 
 
 def retinanet_fpn(swin: SwinBackbone, head: RetinaNetHeadConfig) -> SwinFPN:
@@ -40,11 +41,11 @@ def retinanet_fpn(swin: SwinBackbone, head: RetinaNetHeadConfig) -> SwinFPN:
     return SwinFPN(swin, head.fpn_channels, FPN_STAGES, extra)
 
 
-def anchor_generator(base_sizes: list[int]) -> AnchorGenerator:
+def anchor_generator(base_sizes: list[int]) -> Float32AnchorGenerator:
     """Anchors of sizes base * 2^(0, 1/3, 2/3) and ratios 0.5, 1, 2 per level, as torchvision's default
     (base sizes 32-512) and mmdet's (octave_base_scale 4, 3 scales per octave) are."""
     sizes = tuple(tuple(int(s * 2 ** (k / 3)) for k in range(3)) for s in base_sizes)
-    return AnchorGenerator(sizes, (RATIOS,) * len(sizes))
+    return Float32AnchorGenerator(sizes, (RATIOS,) * len(sizes))
 
 
 class RetinaNetModel(TaskModel):
@@ -57,14 +58,17 @@ class RetinaNetModel(TaskModel):
                 f"head.anchor_sizes needs one base size per FPN level ({len(FPN_STAGES) + 2}: P3-P7), "
                 f"got {list(head.anchor_sizes)}."
             )
+        fpn = retinanet_fpn(swin, head)
+        anchors = anchor_generator(list(head.anchor_sizes or TORCHVISION_ANCHOR_SIZES))
         self.detector = RetinaNet(
-            retinanet_fpn(swin, head),
+            fpn,
             num_classes=num_classes,
             min_size=tuple(head.min_size),
             max_size=head.max_size,
             image_mean=IMAGENET_MEAN,
             image_std=IMAGENET_STD,
-            anchor_generator=anchor_generator(list(head.anchor_sizes)) if head.anchor_sizes else None,
+            anchor_generator=anchors,
+            head=Float32RetinaNetHead(fpn.out_channels, anchors.num_anchors_per_location()[0], num_classes),
             detections_per_img=100,
         )
 

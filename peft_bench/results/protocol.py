@@ -7,7 +7,8 @@ repetitions of the same experiment, so they share the hash and differ in the run
 Keys added to the schema after results were recorded stay out of the hash while they hold the
 value that reproduces the behaviour from before they existed (`NEUTRAL`), and a head's fields are
 hashed as the single head schema of that time had them (`SINGLE_HEAD_SCHEMA`), so that the same
-command keeps its run id and committed results stay matched to their cells.
+command keeps its run id and committed results stay matched to their cells. The resolved precision
+is part of the protocol (fp32, the CPU's, hashes as before it was); the device is not.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ NEUTRAL: dict[str, Any] = {
     "trainer.steps": [],
     "trainer.gamma": 0.1,
     "trainer.power": 1.0,
+    "trainer.precision": "fp32",
 }
 
 # The head's fields as one schema for every head had them, before each head had its own: a field
@@ -83,6 +85,12 @@ PROTOCOL_MEANING = {
 def protocol_of(cfg: DictConfig) -> dict[str, Any]:
     protocol = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     protocol["head"] = {**SINGLE_HEAD_SCHEMA, **protocol["head"]}
+    trainer = protocol["trainer"]
+    # A run resolves `auto` before it hashes; a config that is not run (a report's cell) stands for
+    # what the CPU resolves. A GPU run's cell names its precision: override=trainer.precision=bf16.
+    if trainer.get("precision") == "auto":
+        trainer["precision"] = "fp32"
+    trainer["amp"] = True  # the key that `precision` replaced, as every run before it had it
     for dotted in NON_PROTOCOL_KEYS:
         _pop(protocol, dotted)
     for dotted, neutral in NEUTRAL.items():

@@ -39,7 +39,9 @@ def write_record(directory: Path, record: dict[str, Any]) -> None:
 
 
 def write_history(directory: Path, rows: list[dict[str, Any]]) -> None:
-    columns = ["step", "epoch", "loss", "lr"]
+    """`history.csv`: step, epoch, mean loss since the previous row, lr (and fp16's loss scale)."""
+    fp16 = [column for column in ("loss_scale", "skipped_steps") if rows and column in rows[0]]
+    columns = ["step", "epoch", "loss", "lr", *fp16]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -1,0 +1,48 @@
+"""Detector parts that stay in float32 under autocast, as mmdet keeps them (`force_fp32`).
+
+torchvision builds anchors in the dtype of the feature maps and decodes boxes in the dtype of the
+deltas; its focal loss computes `1 - p_t` in the logits' dtype. Under bf16 autocast that rounds
+anchor coordinates by up to 3 px at 1000 px, decoded box centres by +-2 px between 512 and 1024
+px, the down-weighting of easy negatives (x1.4 off at p = 0.01, 0 at p = 0.001) and the scores that
+rank detections. Each class here hands float32 to what comes after it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.rpn import RPNHead
+
+
+class Float32AnchorGenerator(AnchorGenerator):
+    """Anchors in float32 whatever the dtype of the feature maps (only their sizes are read)."""
+
+    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        sizes = [f.new_empty(f.shape[-2:], dtype=torch.float32) for f in feature_maps]
+        return super().forward(image_list, sizes)
+
+
+class Float32RetinaNetHead(RetinaNetHead):
+    """torchvision's RetinaNet head with float32 class logits and box deltas."""
+
+    def forward(self, x: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: out.float() for name, out in super().forward(x).items()}
+
+
+class Float32RPNHead(RPNHead):
+    """torchvision's RPN head with float32 objectness logits and box deltas."""
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
+class Float32BoxPredictor(FastRCNNPredictor):
+    """torchvision's class-specific box predictor with float32 outputs."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, deltas = super().forward(x)
+        return scores.float(), deltas.float()
