@@ -153,7 +153,7 @@ class DataConfig:
     val_fraction: float = 0.1  # held out from the training split when there is no official val
     batch_size: int = 32
     eval_batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int | None = None  # None: 0 on the CPU; on CUDA, from the CPUs (`data_workers`)
     # The seed of the data, fixed across training seeds so that repetitions share their splits:
     # held-out validation splits, and the embedded generator's scenes.
     split_seed: int = 0

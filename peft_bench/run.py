@@ -18,7 +18,7 @@ import torchvision
 from omegaconf import DictConfig, OmegaConf
 
 from peft_bench.accounting import parameter_counts, trainable_manifest
-from peft_bench.builder import build_data, build_task_model, check_choices
+from peft_bench.builder import build_data, build_task_model, check_choices, head_of
 from peft_bench.config import Precision, Resume
 from peft_bench.delta import backbone_fingerprint, save_delta
 from peft_bench.engine.distributed import DistInfo, broadcast_object, init_distributed, shutdown_distributed
@@ -102,6 +102,8 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     started = time.time()
     seed_everything(cfg.trainer.seed, info.rank)
     task = check_choices(cfg)
+    if info.device.type == "cuda":  # cuDNN's autotuner pays off where every batch has one shape
+        torch.backends.cudnn.benchmark = not head_of(cfg).dense
     data = build_data(cfg)  # first: a missing dataset fails before any model is built
     check_batch_fits(len(data.train), cfg.data.batch_size, info.world_size)
     fingerprints: list[str] = []  # of the base weights, before any tuning

@@ -5,6 +5,7 @@ processes, and the loss read once per history row."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -36,8 +37,9 @@ from peft_bench.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.precision import resolve_precision
-from peft_bench.engine.trainer import check_batch_fits, per_device_batch
+from peft_bench.engine.trainer import check_batch_fits, data_workers, per_device_batch
 from peft_bench.errors import UserError
 from peft_bench.models.mask_rcnn import InstanceSegmentationModel, ProposalBudget
 from peft_bench.models.retinanet import RetinaNetModel
@@ -256,3 +258,22 @@ def test_the_gpu_check_runs_what_the_cpu_can_and_skips_the_rest() -> None:
     lines = result.stdout.splitlines()[1:]
     assert [line.split()[0] for line in lines] == ["PASS", "PASS", "SKIP", "SKIP", "SKIP", "SKIP", "SKIP"]
     assert "shapes_inst/bf16" in lines[0] and "needs 2 CUDA devices" in lines[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU-ready defaults
+
+
+def test_data_workers_are_as_configured_else_chosen_for_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    assert data_workers(3, CUDA, 1) == 3 and data_workers(3, CPU, 1) == 3  # an explicit value stands
+    assert data_workers(None, CPU, 1) == 0
+    assert data_workers(None, CUDA, 1) == 8 and data_workers(None, CUDA, 8) == 3  # 32 CPUs, 8 processes
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert data_workers(None, CUDA, 1) == 0
+
+
+def test_the_optimiser_fuses_its_update_when_asked() -> None:
+    model = nn.Linear(4, 2)
+    assert build_optimizer(model, 1e-3, 0.05, fused=True).param_groups[0]["fused"] is True
+    assert not build_optimizer(model, 1e-3, 0.05).param_groups[0]["fused"]

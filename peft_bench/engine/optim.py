@@ -69,5 +69,8 @@ def build_optimizer(
     weight_decay: float,
     head_lr_mult: float = 1.0,
     no_decay: Sequence[NoDecay] = HARNESS_NO_DECAY,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, lr, weight_decay, head_lr_mult, no_decay), lr=lr)
+    """AdamW over `parameter_groups`; `fused` runs its update as one kernel (the trainer's on CUDA)."""
+    groups = parameter_groups(model, lr, weight_decay, head_lr_mult, no_decay)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)

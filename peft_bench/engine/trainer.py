@@ -9,6 +9,7 @@ from the same state and ends with the same metrics as a run that was never inter
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,16 @@ def check_batch_fits(train_size: int, batch_size: int, world_size: int) -> None:
         )
 
 
+def data_workers(requested: int | None, device: torch.device, world_size: int) -> int:
+    """DataLoader workers: as configured; else none on the CPU (they would compete with the model
+    for its cores) and, on CUDA, up to 8 per process from the machine's CPUs, one left to each process."""
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) // world_size - 1))
+
+
 def to_device(obj: Any, device: torch.device) -> Any:
     """Move tensors, and tensors nested in lists, tuples and dicts, to `device`."""
     if isinstance(obj, torch.Tensor):
@@ -142,6 +153,7 @@ class Trainer:
         self.on_epoch_end = on_epoch_end or (lambda state: None)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = autocast(self.device, self.precision)
+        self.workers = data_workers(data_cfg.num_workers, self.device, info.world_size)
         self.state = LoopState()  # readable after a failure: the history up to that point
 
     # ---- data -------------------------------------------------------------------------------
@@ -159,10 +171,10 @@ class Trainer:
             batch_size=per_device_batch(self.data_cfg.batch_size, self.info.world_size),
             sampler=sampler,
             drop_last=True,
-            num_workers=self.data_cfg.num_workers,
+            num_workers=self.workers,
             collate_fn=collate_fn,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=self.data_cfg.num_workers > 0,
+            persistent_workers=self.workers > 0,
         )
 
     def _eval_loader(self, dataset: Dataset, collate_fn: Callable | None) -> DataLoader:
@@ -170,7 +182,7 @@ class Trainer:
             dataset,
             batch_size=self.data_cfg.eval_batch_size,
             sampler=ShardSampler(len(dataset), self.info.rank, self.info.world_size),
-            num_workers=self.data_cfg.num_workers,
+            num_workers=self.workers,
             collate_fn=collate_fn,
             pin_memory=self.device.type == "cuda",
         )
@@ -191,7 +203,12 @@ class Trainer:
         stop_step = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
 
         optimizer = build_optimizer(
-            model, cfg.lr * self.lr_mult, cfg.weight_decay, cfg.head_lr_mult, cfg.no_decay
+            model,
+            cfg.lr * self.lr_mult,
+            cfg.weight_decay,
+            cfg.head_lr_mult,
+            cfg.no_decay,
+            fused=self.device.type == "cuda",
         )
         scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
         scaler = grad_scaler(self.device, self.precision)
