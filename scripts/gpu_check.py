@@ -33,6 +33,7 @@ from peft_bench.engine.distributed import DistInfo
 from peft_bench.engine.precision import DTYPES, autocast, grad_scaler, native_bf16
 from peft_bench.engine.trainer import Trainer, to_device
 from peft_bench.registry import config_session
+from peft_bench.results.store import run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = ("shapes", "shapes_det", "shapes_inst", "shapes_seg")  # one dataset per task
@@ -191,14 +192,10 @@ def check_fp16_loss_scale(device: torch.device) -> str:
         overrides = ["experiment=smoke", "method=full", "trainer.precision=fp16", "trainer.device=cuda"]
         finished(cli(*overrides, f"paths.results_dir={results}"), "the fp16 run")
         record = the_record(Path(results))
-        history = list(csv.DictReader((Path(record_dir(results, record)) / "history.csv").open()))
+        history = list(csv.DictReader((run_dir(results, record["run_id"]) / "history.csv").open()))
     scales = sorted({float(row["loss_scale"]) for row in history})
     assert len(scales) > 1, f"the loss scale never moved from {scales}"
     return f"scales {scales[0]:g}-{scales[-1]:g}, {record['skipped_steps']} skipped steps"
-
-
-def record_dir(results: str, record: dict) -> Path:
-    return Path(results) / "runs" / record["run_id"]
 
 
 def evaluate_delta(cfg, results: str, record: dict, device: torch.device) -> dict[str, float]:
@@ -208,7 +205,7 @@ def evaluate_delta(cfg, results: str, record: dict, device: torch.device) -> dic
     model = build_task_model(
         cfg, data.num_classes, on_base=lambda b: fingerprints.append(backbone_fingerprint(b))
     )
-    load_delta(record_dir(results, record) / "model.safetensors", model, fingerprints[0])
+    load_delta(run_dir(results, record["run_id"]) / "model.safetensors", model, fingerprints[0])
     trainer = Trainer(cfg.trainer, cfg.data, DistInfo(0, 1, device), Path(results) / "unused")
     loader = DataLoader(data.test, batch_size=cfg.data.eval_batch_size, collate_fn=data.collate_fn)
     return trainer.evaluate(model.to(device), loader, task_of(cfg).build_evaluator(data, device))

@@ -17,8 +17,9 @@ class InstanceEvaluator:
     pycocotools (faster-coco-eval when installed), over the images of every DDP rank.
 
     torchmetrics' own sync gathers its per-image states one collective per image, which breaks when
-    ranks hold different numbers of images (the eval shards do): the evaluator gathers the states
-    itself. The states live on the CPU, where COCO evaluation runs.
+    ranks hold different numbers of images (the eval shards do): the evaluator gathers the states to
+    rank 0 itself, evaluates there once and sends the metrics to every rank. The states live on the
+    CPU, where COCO evaluation runs.
     """
 
     BACKEND = "faster_coco_eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
