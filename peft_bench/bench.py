@@ -4,12 +4,15 @@
 
 All methods' models live side by side and are timed in an interleaved, rotating order, so that
 drift of the machine (other load, thermal state) hits every method alike; the table reports
-medians and ratios to Full. One CSV row per method.
+medians and ratios to Full. One CSV row per method, with a run record's cost fields: step time and
+training images per second, inference images per second, peak memory, the delta checkpoint's bytes
+(the trainable state as a run saves it), device and precision.
 
 Each candidate is on the device only while it is measured (the others wait on the CPU), under the
 autocast of training (`--precision`, as `trainer.precision`). Peak memory: on CUDA,
-`torch.cuda.max_memory_allocated` over a training step of that candidate alone. The CPU allocator
-keeps no such statistics, so on the CPU the column is the step's own account: weights, gradients
+`torch.cuda.max_memory_allocated` (and `_reserved`) over a training step of that candidate alone.
+The CPU allocator keeps no such statistics, and the process holds every candidate, so on the CPU
+the column is the step's own account (not a run's peak resident set): weights, gradients
 and AdamW state of the trainable tensors, and the activations autograd saves for backward
 (`mem_source` says which).
 """
@@ -31,6 +34,7 @@ from hydra import compose
 
 from peft_bench.builder import build_task_model
 from peft_bench.config import Device, Precision
+from peft_bench.delta import delta_bytes
 from peft_bench.engine.distributed import resolve_device
 from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.precision import Autocast, autocast, resolve_precision
@@ -53,7 +57,9 @@ COLUMNS = [
     "infer_ms",
     "infer_img_s",
     "peak_mem_mb",
+    "peak_reserved_mb",
     "mem_source",
+    "delta_bytes",
     "step_vs_full",
     "mem_vs_full",
     "infer_vs_full",
@@ -68,6 +74,7 @@ class Candidate:
     step_s: list[float] = field(default_factory=list)
     infer_s: list[float] = field(default_factory=list)
     peak_bytes: int = 0
+    peak_reserved_bytes: int | None = None
 
 
 def _sync(device: torch.device) -> None:
@@ -178,6 +185,7 @@ def measure(
                 torch.cuda.reset_peak_memory_stats(device)
                 _train_step(c, images, targets, amp)
                 c.peak_bytes = torch.cuda.max_memory_allocated(device)
+                c.peak_reserved_bytes = torch.cuda.max_memory_reserved(device)
             else:
                 c.peak_bytes = step_memory_account(c, images, targets)
     for r in range(repeats):
@@ -213,7 +221,11 @@ def table(
                 "infer_ms": round(1000 * infer, 2),
                 "infer_img_s": round(batch / infer, 2),
                 "peak_mem_mb": round(c.peak_bytes / 2**20, 1),
+                "peak_reserved_mb": round(c.peak_reserved_bytes / 2**20, 1)
+                if c.peak_reserved_bytes
+                else None,
                 "mem_source": "cuda_max_allocated" if device.type == "cuda" else "step_account",
+                "delta_bytes": len(delta_bytes(c.model)),
             }
         )
     full = next((r for r in rows if r["method"] == "full"), None)

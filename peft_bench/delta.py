@@ -33,11 +33,17 @@ def backbone_fingerprint(backbone: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def save_delta(path: Path, model: torch.nn.Module, fingerprint: str, info: dict[str, Any]) -> None:
-    """Atomically write the model's trainable state with the base fingerprint and `info`."""
+def delta_bytes(model: torch.nn.Module, fingerprint: str = "", info: dict[str, Any] | None = None) -> bytes:
+    """The model's trainable state as a safetensors file, with the base fingerprint and `info`."""
     tensors = {k: v.contiguous() for k, v in trainable_state(model).items()}
-    metadata = {"base_fingerprint": fingerprint, "info": json.dumps(info, sort_keys=True, default=str)}
-    write_atomic(path, lambda f: f.write(save(tensors, metadata=metadata)))
+    metadata = {"base_fingerprint": fingerprint, "info": json.dumps(info or {}, sort_keys=True, default=str)}
+    return save(tensors, metadata=metadata)
+
+
+def save_delta(path: Path, model: torch.nn.Module, fingerprint: str, info: dict[str, Any]) -> None:
+    """Atomically write the model's delta (`delta_bytes`)."""
+    data = delta_bytes(model, fingerprint, info)
+    write_atomic(path, lambda f: f.write(data))
 
 
 def read_delta_metadata(path: Path) -> dict[str, str]:

@@ -175,14 +175,15 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         val_history=result.val_history,
         steps=result.steps,
         skipped_steps=trainer.state.skipped_steps,
+        cost={**result.cost, "device": record["device"], "precision": record["precision"]},
         wall_s=time.time() - started,
     )
     if info.is_main:
         write_history(directory, result.history)
         # The selected (best) model, as a delta on the base backbone.
-        save_delta(
-            directory / "model.safetensors", model, fingerprint, {"run_id": run_id, "config": resolved}
-        )
+        delta = directory / "model.safetensors"
+        save_delta(delta, model, fingerprint, {"run_id": run_id, "config": resolved})
+        record["cost"]["delta_bytes"] = delta.stat().st_size
         write_record(directory, record)
         if logger:
             logger.finish({f"test/{k}": v for k, v in result.test_metrics.items()})

@@ -30,6 +30,13 @@ def test_embedded_run_writes_a_complete_record_and_is_not_repeated(results_dir: 
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["step", "epoch", "loss", "lr"]
     assert [int(r["step"]) for r in rows] == list(range(1, record["steps"] + 1))
+    cost = record["cost"]  # measured while the run trained (engine/cost.py)
+    assert cost["steps_timed"] == record["steps"]
+    assert cost["train_img_s"] == pytest.approx(record["batch"]["global"] / cost["step_s"])
+    assert cost["eval_img_s"] > 0 and cost["mem_source"] == "peak_rss"
+    assert cost["peak_mem_bytes"] > 50 * 2**20  # the process's resident set: torch alone is more
+    assert cost["delta_bytes"] == (directory / "model.safetensors").stat().st_size
+    assert (cost["device"], cost["precision"]) == (record["device"], record["precision"])
 
     mtime = (directory / "metrics.json").stat().st_mtime_ns
     again = run_cli(*SMOKE, "method=fixed", results_dir=results_dir)

@@ -33,6 +33,7 @@ from peft_bench.engine.checkpoint import (
     set_rng_state,
     trainable_state,
 )
+from peft_bench.engine.cost import StepTimer, Throughput, peak_memory, reset_peak_memory
 from peft_bench.engine.distributed import DistInfo, ShardSampler, gather_to_main
 from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.precision import autocast, grad_scaler, resolve_precision
@@ -87,6 +88,7 @@ class FitResult:
     history: list[dict[str, float]]
     val_history: list[dict[str, float]]
     steps: int
+    cost: dict[str, Any]  # `engine.cost`'s measures of this process's steps and evaluations
 
 
 def per_device_batch(batch_size: int, world_size: int) -> int:
@@ -155,6 +157,8 @@ class Trainer:
         self.autocast = autocast(self.device, self.precision)
         self.workers = data_workers(data_cfg.num_workers, self.device, info.world_size)
         self.state = LoopState()  # readable after a failure: the history up to that point
+        self.step_timer = StepTimer(self.device)
+        self.eval_throughput = Throughput(self.device)
 
     # ---- data -------------------------------------------------------------------------------
     def _train_loader(self, dataset: Dataset, collate_fn: Callable | None) -> DataLoader:
@@ -236,13 +240,16 @@ class Trainer:
             dynamic_ncols=True,
         )
         losses = RunningLoss(self.device)
+        reset_peak_memory(self.device)
         while state.step < stop_step:
             train_loader.sampler.set_epoch(state.epoch)
             net.train()
             for images, targets in train_loader:
-                losses.add(
-                    self._train_step(net, optimizer, scheduler, scaler, trainable, images, targets, state)
-                )
+                with self.step_timer.step():
+                    loss = self._train_step(
+                        net, optimizer, scheduler, scaler, trainable, images, targets, state
+                    )
+                losses.add(loss)
                 state.step += 1
                 bar.update(1)
                 if state.step % cfg.log_every == 0 or state.step == stop_step:
@@ -291,7 +298,20 @@ class Trainer:
             state.history,
             state.val_history,
             state.step,
+            self.cost(),
         )
+
+    def cost(self) -> dict[str, Any]:
+        """Median step time and training images per second (the global batch), evaluation images per
+        second, and the peak memory since training began."""
+        step_s = self.step_timer.median()
+        return {
+            "step_s": step_s,
+            "train_img_s": self.data_cfg.batch_size / step_s if step_s else None,
+            "steps_timed": len(self.step_timer.seconds),
+            "eval_img_s": self.eval_throughput.per_second(),
+            **peak_memory(self.device),
+        }
 
     def _train_step(
         self,
@@ -368,10 +388,12 @@ class Trainer:
     def evaluate(self, model: TaskModel, loader: DataLoader, evaluator: Evaluator) -> dict[str, float]:
         model.eval()
         evaluator.reset()
-        for images, targets in loader:
-            with self.autocast():
-                predictions = model.predict(to_device(images, self.device))
-            evaluator.update(predictions, targets)  # on the CPU: an evaluator moves what it needs
+        with self.eval_throughput.timing():
+            for images, targets in loader:
+                with self.autocast():
+                    predictions = model.predict(to_device(images, self.device))
+                evaluator.update(predictions, targets)  # on the CPU: an evaluator moves what it needs
+                self.eval_throughput.images += len(images)
         return evaluator.compute()
 
     def _barrier(self) -> None:
