@@ -16,10 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from peft_bench.report.__main__ import main
 from peft_bench.report.aggregate import cell_runs
 from peft_bench.report.build import Options, write_target
+from peft_bench.report.cost import pareto_front
 from peft_bench.report.grid import Cell
 from peft_bench.report.profiles import profile
 from peft_bench.report.render import markdown
-from peft_bench.report.tables import build_table
+from peft_bench.report.tables import build_cost_table, build_table
+from peft_bench.report.tradeoff import points, write_tradeoff
 from peft_bench.results.atomic import write_text_atomic
 from peft_bench.results.protocol import protocol_hash, run_id_for
 from peft_bench.results.store import load_runs, run_dir, write_history, write_record
@@ -40,6 +42,7 @@ def write_run(
     error: str | None = None,
     started: str = "2025-01-01T00:00:00+00:00",
     losses: tuple[float, ...] = (2.0, 1.5, 1.2, 1.0),
+    cost: dict[str, object] | None = None,
 ) -> None:
     """One run's record as peft_bench.run writes it: config.yaml, history.csv, metrics.json."""
     cfg = cfg.copy()
@@ -72,6 +75,7 @@ def write_run(
         "wall_s": 1.0,
         "started": started,
         **({"error": error} if error else {}),
+        **({"cost": cost} if cost else {}),
     }
     write_record(directory, record)
 
@@ -218,7 +222,7 @@ def test_unknown_table_is_a_one_line_error(capsys: pytest.CaptureFixture) -> Non
     assert main(["table=9"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "Unknown table '9'" in err and "1, 2, 3, 4, 5, fig5" in err
+    assert "Unknown table '9'" in err and "1, 2, 3, 4, 5, ext, fig5, cost, tradeoff" in err
 
 
 def test_notebook_runs_on_the_synthetic_store(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,3 +234,94 @@ def test_notebook_runs_on_the_synthetic_store(store: Path, monkeypatch: pytest.M
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources=resources).execute()
     outputs = "".join(str(output) for cell in notebook.cells for output in cell.get("outputs", []))
     assert "86.50 ± 0.71 (n=2) [86.80]" in outputs
+
+
+def cost(step_s: float, peak_mb: float, device: str = "gpu A") -> dict[str, object]:
+    """A record's `cost`, as peft_bench.run writes it."""
+    return {
+        "step_s": step_s,
+        "train_img_s": 16 / step_s,
+        "eval_img_s": 100.0,
+        "peak_mem_bytes": peak_mb * 2**20,
+        "peak_reserved_bytes": None,
+        "mem_source": "cuda_max_allocated",
+        "delta_bytes": 2**20,
+        "device": device,
+        "precision": "bf16",
+    }
+
+
+def test_pareto_front_is_the_points_nothing_beats() -> None:
+    found = [(1.0, 5.0), (2.0, 4.0), (2.0, 6.0), (3.0, 6.0), (0.0, 1.0), (1.0, 5.0)]
+    # (2, 4) costs more than (1, 5) for less; (3, 6) more than (2, 6) for as much; equal points both stay.
+    assert pareto_front(found) == [4, 0, 5, 2]
+
+
+def cost_store(results: Path, full_device: str) -> Path:
+    table1 = PAPER.cells("1", TABLE1_OVERRIDES)
+    write_run(
+        results, by(table1, method="full"), 0, metrics={"ap_box": 52.0}, cost=cost(2.0, 1000, full_device)
+    )
+    # Mona: two runs on device A (medians 1.2 s, 600 MB), one on B, which stays out of the cell's cost.
+    for seed, (step, peak, device) in enumerate(
+        [(1.0, 500, "gpu A"), (1.4, 700, "gpu A"), (9.0, 9000, "gpu B")]
+    ):
+        write_run(
+            results,
+            by(table1, method="mona"),
+            seed,
+            metrics={"ap_box": 53.0 + seed},
+            cost=cost(step, peak, device),
+        )
+    return results
+
+
+def test_cost_table_compares_to_full_on_the_same_device_only(tmp_path: Path) -> None:
+    same = build_cost_table("1", load_runs(cost_store(tmp_path / "a", "gpu A")), overrides=TABLE1_OVERRIDES)
+    entries = same.entries.set_index(["row", "column"])
+    assert same.name == "cost1" and "Cost of table 1's cells" in same.caption
+    assert entries.loc[("Mona", "COCO Step (s)"), ["ours", "n", "device"]].tolist() == [
+        pytest.approx(1.2),
+        2,
+        "gpu A",
+    ]
+    assert entries.loc[("Mona", "COCO Step ×Full"), "ours"] == pytest.approx(0.6)
+    assert entries.loc[("Mona", "COCO Peak mem (MB)"), "ours"] == pytest.approx(600)
+    assert entries.loc[("Mona", "COCO Mem ×Full"), "ours"] == pytest.approx(0.6)
+    assert entries.loc[("Full", "COCO Delta (MB)"), "ours"] == pytest.approx(1.0)
+    assert entries.loc[("Mona", "COCO Params (M)"), "kind"] == "count"
+
+    other = build_cost_table("1", load_runs(cost_store(tmp_path / "b", "gpu B")), overrides=TABLE1_OVERRIDES)
+    entries = other.entries.set_index(["row", "column"])  # costs from two devices: a column per device
+    ratio = entries.loc[("Mona", "COCO Step ×Full @ gpu A")]
+    assert math.isnan(ratio["ours"]) and ratio["status"] == "Full measured on another device or protocol"
+    assert entries.loc[("Full", "COCO Step (s) @ gpu B"), "ours"] == pytest.approx(2.0)
+    assert ("Full", "COCO Step (s) @ gpu A") not in entries.index
+
+
+def test_cost_columns_on_a_table_and_not_measured_cells(store: Path, tmp_path: Path) -> None:
+    table = build_table(
+        "1", load_runs(cost_store(tmp_path, "gpu A")), overrides=TABLE1_OVERRIDES, cost_columns=True
+    )
+    entries = table.entries.set_index(["row", "column"])
+    assert entries.loc[("Mona", "COCO Mem ×Full"), "ours"] == pytest.approx(0.6)
+    plain = build_table("1", load_runs(store), overrides=TABLE1_OVERRIDES, cost_columns=True)
+    step = plain.entries.set_index(["row", "column"]).loc[("Mona", "COCO Step (s)")]
+    assert math.isnan(step["ours"]) and step["status"] == "not measured"  # records before costs were kept
+    assert not any(
+        "Step" in column
+        for column in build_table("1", load_runs(store), overrides=TABLE1_OVERRIDES).entries["column"]
+    )
+
+
+def test_tradeoff_figure_places_each_method(tmp_path: Path) -> None:
+    runs = load_runs(cost_store(tmp_path / "store", "gpu A"))
+    cells = PAPER.cells("1", ("method=full,mona,lora",))
+    found = {p.method: p for p in points(cells, runs, "ap_box")}
+    assert set(found) == {"Full", "Mona"}
+    assert (found["Mona"].score, found["Mona"].peak_mem_mb) == pytest.approx((54.0, 600.0))
+    assert found["Full"].params_m > 80 > found["Mona"].params_m  # counted on Swin-B
+    figure = write_tradeoff(cells, runs, tmp_path / "tradeoff1", "table1")
+    assert [p.name for p in figure.paths] == ["tradeoff1.png", "tradeoff1.pdf"]
+    assert all(p.stat().st_size > 1000 for p in figure.paths)
+    assert figure.missing == ["COCO: LoRA"]

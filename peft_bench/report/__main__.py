@@ -1,9 +1,13 @@
-"""`python -m peft_bench.report [key=value ...]`: the paper's Tables 1-5 and Figure 5 from the run store.
+"""`python -m peft_bench.report [key=value ...]`: the paper's Tables 1-5 and Figure 5 from the run store,
+the extended table of every method, and what each method costs.
 
 Keys (each optional):
-  table=1|2|3|4|5|fig5|all   what to build (default all)
+  table=1|2|3|4|5|ext|fig5|cost|tradeoff|all   what to build (default all); cost: the cost table of
+                               Tables 1-3 and ext (cost<N>.*); tradeoff: their trade-off figures
   results_dir=results          the run store
-  out_dir=<results_dir>/report where the files go: table<N>.md/.tex/.csv, fig5.png/.pdf
+  out_dir=<results_dir>/report where the files go: table<N>.md/.tex/.csv, fig5.png/.pdf, cost<N>.*,
+                               tradeoff<N>.png/.pdf (N = 1 ... 5, _ext)
+  cost=true|false              Tables 1-5 and ext with the cells' step time and peak memory (and ×Full)
   profile=paper|mini           the presets table1..table5 and fig5, or table1_mini ... fig5_mini
   override=<key>=<value>       added to every cell's config as on the sweep's command line, so that
                                cells match runs made with it (repeatable; e.g. override=trainer.max_steps=2)
@@ -28,7 +32,7 @@ from peft_bench.report.figure import SMOOTHERS
 from peft_bench.report.profiles import profile
 from peft_bench.results.store import load_runs
 
-KEYS = ("table", "results_dir", "out_dir", "profile", "override", "smooth", "window")
+KEYS = ("table", "results_dir", "out_dir", "profile", "override", "smooth", "window", "cost")
 
 
 def parse(argv: Sequence[str]) -> tuple[list[str], Options]:
@@ -51,6 +55,9 @@ def parse(argv: Sequence[str]) -> tuple[list[str], Options]:
         raise UserError(f"Unknown smooth {smooth!r}: use one of {', '.join(SMOOTHERS)}.")
     if not window.isdigit() or int(window) < 1:
         raise UserError(f"window must be a positive whole number of steps, not {window!r}.")
+    cost = values.get("cost", "false")
+    if cost not in ("true", "false"):
+        raise UserError(f"cost must be true or false, not {cost!r}.")
     profile(values.get("profile", "paper"))
     results_dir = Path(values.get("results_dir", "results"))
     options = Options(
@@ -60,6 +67,7 @@ def parse(argv: Sequence[str]) -> tuple[list[str], Options]:
         overrides=tuple(overrides),
         smooth=smooth,
         window=int(window),
+        cost_columns=cost == "true",
     )
     return list(TARGETS) if table == "all" else [table], options
 

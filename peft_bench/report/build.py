@@ -10,9 +10,11 @@ import pandas as pd
 from peft_bench.report.figure import write_figure5
 from peft_bench.report.profiles import profile
 from peft_bench.report.render import write_table
-from peft_bench.report.tables import TABLES, build_table
+from peft_bench.report.tables import METHOD_TABLES, TABLES, build_cost_table, build_table
+from peft_bench.report.tradeoff import write_tradeoff
 
-TARGETS = (*TABLES, "fig5")
+# cost: the cost table of each table with a row per method; tradeoff: its trade-off figure
+TARGETS = (*TABLES, "fig5", "cost", "tradeoff")
 
 
 @dataclass(frozen=True)
@@ -23,17 +25,36 @@ class Options:
     overrides: tuple[str, ...] = ()  # added to every cell's composition, as on the sweep's command line
     smooth: str = "ema"  # Figure 5: ema | rolling | none
     window: int = 20  # Figure 5: the EMA's span, or the rolling mean's width, in logged steps
+    cost_columns: bool = False  # Tables 1-5: add the cells' step time and peak memory (and ×Full)
 
 
 def write_target(target: str, runs: pd.DataFrame, options: Options) -> tuple[list[Path], list[str]]:
     """Build `target` from `runs` (as `load_runs` gives them); return the files written and
-    warnings (Figure 5's cells drawn without a line)."""
+    warnings (the figures' cells drawn without a line or point)."""
+    chosen = profile(options.profile)
     if target == "fig5":
-        chosen = profile(options.profile)
-        preset = chosen.preset(target)
         cells = chosen.cells(target, options.overrides)
         figure = write_figure5(
-            cells, runs, options.out_dir / "fig5", preset, how=options.smooth, window=options.window
+            cells,
+            runs,
+            options.out_dir / "fig5",
+            chosen.preset(target),
+            how=options.smooth,
+            window=options.window,
         )
         return figure.paths, [f"fig5: no completed run for {item}" for item in figure.missing]
-    return write_table(build_table(target, runs, options.profile, options.overrides), options.out_dir), []
+    if target == "cost":
+        tables = [
+            build_cost_table(table, runs, options.profile, options.overrides) for table in METHOD_TABLES
+        ]
+        return [path for table in tables for path in write_table(table, options.out_dir)], []
+    if target == "tradeoff":
+        paths, warnings = [], []
+        for table in METHOD_TABLES:
+            stem = options.out_dir / f"tradeoff{'_' if table == 'ext' else ''}{table}"
+            figure = write_tradeoff(chosen.cells(table, options.overrides), runs, stem, chosen.preset(table))
+            paths += figure.paths
+            warnings += [f"{stem.name}: no completed run for {item}" for item in figure.missing]
+        return paths, warnings
+    table = build_table(target, runs, options.profile, options.overrides, options.cost_columns)
+    return write_table(table, options.out_dir), []

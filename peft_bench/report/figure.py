@@ -72,7 +72,12 @@ def write_figure5(
     if missing:
         caption += f" No completed run: {'; '.join(missing)}."
     figure.text(0.02, 0.02, textwrap.fill(caption, 110), fontsize=7, va="bottom")
-    # No creation date in the PDF: the same runs give the same bytes.
+    return Figure5(save_figure(figure, stem), missing)
+
+
+def save_figure(figure: Figure, stem: Path) -> list[Path]:
+    """`<stem>.png` and `<stem>.pdf`, each written atomically; no creation date in the PDF, so that
+    the same runs give the same bytes."""
     metadata = {"png": {}, "pdf": {"CreationDate": None}}
     paths = [stem.with_suffix(f".{suffix}") for suffix in metadata]
     for path in paths:
@@ -80,4 +85,4 @@ def write_figure5(
         write_atomic(
             path, lambda file, fmt=fmt: figure.savefig(file, format=fmt, dpi=150, metadata=metadata[fmt])
         )
-    return Figure5(paths, missing)
+    return paths

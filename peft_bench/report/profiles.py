@@ -21,7 +21,9 @@ class Profile:
     paper_datasets: Mapping[str, str] = field(default_factory=dict)
 
     def preset(self, target: str) -> str:
-        return f"{'fig5' if target == 'fig5' else f'table{target}'}{self.suffix}"
+        """The preset of `target` ("1" ... "5", "ext", "fig5"): table1, ..., table_ext, fig5 (+ suffix)."""
+        name = {"fig5": "fig5", "ext": "table_ext"}.get(target, f"table{target}")
+        return f"{name}{self.suffix}"
 
     def cells(self, target: str, overrides: Sequence[str] = ()) -> list[Cell]:
         """The cells of `target` ("1" ... "5", "fig5"): its preset's sweep and any extra ones."""

@@ -98,7 +98,7 @@ def latex(table: Table) -> str:
             r"\begin{table}",
             r"\centering",
             rf"\caption{{{latex_escape(table.caption + ' ' + LEGEND)}}}",
-            rf"\label{{tab:table{table.target}}}",
+            rf"\label{{tab:{table.name}}}",
             rf"\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}",
             r"\toprule",
             _latex_row(header),
@@ -121,10 +121,10 @@ def csv(table: Table) -> str:
 
 
 def write_table(table: Table, out_dir: Path) -> list[Path]:
-    """`<out_dir>/table<N>.md`, `.tex` and `.csv`, each written atomically."""
+    """`<out_dir>/<name>.md`, `.tex` and `.csv` (table1, ..., cost1, ...), each written atomically."""
     paths = []
     for suffix, text in (("md", markdown(table)), ("tex", latex(table)), ("csv", csv(table))):
-        path = out_dir / f"table{table.target}.{suffix}"
+        path = out_dir / f"{table.name}.{suffix}"
         write_text_atomic(path, text)
         paths.append(path)
     return paths

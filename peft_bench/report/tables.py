@@ -18,6 +18,7 @@ import pandas as pd
 
 from peft_bench.params import count
 from peft_bench.report.aggregate import OK, cell_runs
+from peft_bench.report.cost import NOT_MEASURED, cell_cost
 from peft_bench.report.grid import Cell
 from peft_bench.report.labels import label
 from peft_bench.report.paper import PaperValues
@@ -30,7 +31,38 @@ TASK_METRICS = {
     "semantic": ("miou",),
     "classification": ("top1", "top5"),
 }
-ENTRY_COLUMNS = ["row", "column", "kind", "metric", "ours", "std", "n", "status", "protocol", "paper"]
+ENTRY_COLUMNS = [
+    "row",
+    "column",
+    "kind",
+    "metric",
+    "ours",
+    "std",
+    "n",
+    "status",
+    "protocol",
+    "device",
+    "paper",
+]
+# Cost columns: the record's cost field each shows, in the unit shown; ratios to Full's cell.
+COST_COLUMNS = {
+    "Step (s)": ("step_s", 1.0),
+    "Train img/s": ("train_img_s", 1.0),
+    "Eval img/s": ("eval_img_s", 1.0),
+    "Peak mem (MB)": ("peak_mem_bytes", 2**-20),
+    "Delta (MB)": ("delta_bytes", 2**-20),
+}
+RATIO_COLUMNS = {"Step ×Full": "step_s", "Mem ×Full": "peak_mem_bytes"}
+TABLE_COST_COLUMNS = ("Step (s)", "Step ×Full", "Peak mem (MB)", "Mem ×Full")  # cost=true
+COST_TABLE_COLUMNS = (
+    "Delta (MB)",
+    "Step (s)",
+    "Step ×Full",
+    "Train img/s",
+    "Eval img/s",
+    "Peak mem (MB)",
+    "Mem ×Full",
+)
 CAPTIONS = {
     "1": "Instance segmentation: trainable backbone parameters (counted), AP_box and AP_mask "
     "with their Δ to Full",
@@ -40,15 +72,28 @@ CAPTIONS = {
     "4": "Mona's intermediate dimension: trainable backbone parameters (counted, % of the backbone) and AP50",
     "5": "Full and Mona across backbone sizes: AP50, and Mona's trainable parameters "
     "(counted, % of the backbone)",
+    "ext": "Every registered method on the paper's datasets: trainable backbone parameters (counted), "
+    "the task's metrics with their Δ to Full",
 }
+COST_CAPTION = (
+    "What each method costs: trainable backbone parameters (counted), the delta checkpoint, the median "
+    "training step, training and evaluation images/s and the peak memory, each the median over the "
+    "cell's runs measured on one device; ×Full only against Full measured on the same device and protocol"
+)
 
 
 @dataclass(frozen=True)
 class Table:
-    target: str  # "1" ... "5"
+    target: str  # "1" ... "5", "ext"
     preset: str
     row_name: str  # what the rows are: Method, Dim, Backbone
     entries: pd.DataFrame  # ENTRY_COLUMNS
+    cost: bool = False  # the cost table of the target's cells, not the target itself
+
+    @property
+    def name(self) -> str:
+        """The stem of its files: table1 ... table5, table_ext, cost1 ... cost_ext."""
+        return f"{'cost' if self.cost else 'table'}{'_' if self.target == 'ext' else ''}{self.target}"
 
     @property
     def protocols(self) -> list[str]:
@@ -61,15 +106,21 @@ class Table:
             protocol = f"Protocol {self.protocols[0]}: {PROTOCOL_MEANING[self.protocols[0]]}."
         else:
             protocol = "The cells' protocols differ: each cell names its own."
+        if self.cost:
+            return f"Cost of table {self.target}'s cells (preset {self.preset}). {COST_CAPTION}. {protocol}"
         return f"Table {self.target} (preset {self.preset}). {CAPTIONS[self.target]}. {protocol}"
 
 
 class Entries:
     """Collects a table's entries; every value is placed beside the paper's for the same keys.
-    Kinds: metric (measured by runs), count (counted from the config), delta, average."""
+    Kinds: metric (measured by runs), count (counted from the config), delta, average, cost (from
+    the runs' records) and ratio (a cost over Full's). With `cost_columns`, Tables 1-5 add theirs."""
 
-    def __init__(self, target: str, runs: pd.DataFrame, paper: PaperValues) -> None:
+    def __init__(
+        self, target: str, runs: pd.DataFrame, paper: PaperValues, cost_columns: bool = False
+    ) -> None:
         self.target, self.runs, self.paper = target, runs, paper
+        self.cost_columns = cost_columns
         self.rows: list[dict[str, Any]] = []
 
     def dataset_label(self, dataset: str) -> str:
@@ -78,7 +129,12 @@ class Entries:
         return f"{label(dataset)} ({label(paper)})" if paper else label(dataset)
 
     def paper_value(self, metric: str, **keys: object) -> float:
-        return self.paper.value(self.target, metric, **keys)
+        """The paper's value; for the extended table, the one of Tables 1-3 that has the cell."""
+        for table in ("1", "2", "3") if self.target == "ext" else (self.target,):
+            value = self.paper.value(table, metric, **keys)
+            if not math.isnan(value):
+                return value
+        return math.nan
 
     def add(
         self, row: str, column: str, kind: str, metric: str, ours: float, paper: float, **stats: Any
@@ -87,9 +143,8 @@ class Entries:
         belong to no protocol; measured entries (and what derives from them) name theirs."""
         entry = {"row": row, "column": column, "kind": kind, "metric": metric, "ours": ours, "paper": paper}
         status = "n/a" if math.isnan(ours) else OK
-        self.rows.append(
-            {"std": math.nan, "n": math.nan, "status": status, "protocol": None, **entry, **stats}
-        )
+        defaults = {"std": math.nan, "n": math.nan, "status": status, "protocol": None, "device": None}
+        self.rows.append({**defaults, **entry, **stats})
 
     def measured(self, row: str, column: str, cell: Cell, metric: str, **keys: object) -> None:
         runs = cell_runs(self.runs, cell.protocol)
@@ -106,8 +161,40 @@ class Entries:
         ours = counts["backbone_trainable"] / 1e6 if metric == "params_m" else counts["trainable_percent"]
         self.add(row, column, "count", metric, ours, self.paper_value(metric, **keys))
 
+    def costs(self, row: str, prefix: str, cell: Cell, full: Cell | None, columns: Sequence[str]) -> None:
+        """The cell's cost `columns` (COST_COLUMNS, RATIO_COLUMNS; ratios only where there is a Full)."""
+        mine = cell_cost(self.runs, cell.protocol, protocol_of_cell(cell))
+        base = None if full is None else cell_cost(self.runs, full.protocol, protocol_of_cell(full))
+        for column in columns:
+            if column in RATIO_COLUMNS:
+                if base is None:
+                    continue
+                field = RATIO_COLUMNS[column]
+                (ours, status), kind, metric = mine.ratio(field, base), "ratio", f"{field}_vs_full"
+            else:
+                field, scale = COST_COLUMNS[column]
+                ours, status, kind, metric = (
+                    mine.get(field) * scale,
+                    OK if mine.n else NOT_MEASURED,
+                    "cost",
+                    field,
+                )
+            stats = {
+                "n": mine.n or math.nan,
+                "status": status,
+                "protocol": mine.protocol,
+                "device": mine.device,
+            }
+            self.add(row, f"{prefix}{column}", kind, metric, ours, math.nan, **stats)
+
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=ENTRY_COLUMNS).astype({"n": "Int64"})
+        """The entries; where costs come from more than one device, each cost column names its device,
+        so that no column holds costs measured on two."""
+        frame = pd.DataFrame(self.rows, columns=ENTRY_COLUMNS).astype({"n": "Int64"})
+        measured = frame["device"].notna()
+        if frame.loc[measured, "device"].nunique() > 1:
+            frame.loc[measured, "column"] += " @ " + frame.loc[measured, "device"]
+        return frame
 
 
 def unique(values: Iterable[str]) -> list[str]:
@@ -165,6 +252,9 @@ def methods_table(
                 entries.measured(row, column, cell, metric, dataset=dataset, method=method)
                 if delta and dataset in fulls:
                     delta_to_full(entries, row, column, cell, fulls[dataset], metric)
+            if entries.cost_columns:
+                prefix = f"{entries.dataset_label(dataset)} "
+                entries.costs(row, prefix, cell, fulls.get(dataset), TABLE_COST_COLUMNS)
         if average:
             averages(entries, row, len(datasets))
     return "Method"
@@ -178,11 +268,14 @@ def dims_table(entries: Entries, cells: Sequence[Cell]) -> str:
         entries.counted(row, "Params %", cell, dataset=dataset, dim=dim)
         for metric in TASK_METRICS[cell.cfg.data.task]:
             entries.measured(row, label(metric), cell, metric, dataset=dataset, dim=dim)
+        if entries.cost_columns:
+            entries.costs(row, "", cell, None, TABLE_COST_COLUMNS)
     return "Dim"
 
 
 def backbones_table(entries: Entries, cells: Sequence[Cell]) -> str:
     """Table 5: a row per backbone; each method's metrics, and the tuned methods' parameters (%)."""
+    fulls = {cell.cfg.backbone.name: cell for cell in cells if cell.cfg.method.name == "full"}
     for cell in cells:
         method, backbone, dataset = cell.cfg.method.name, cell.cfg.backbone.name, cell.cfg.data.name
         row, keys = label(backbone), {"dataset": dataset, "method": method, "backbone": backbone}
@@ -190,7 +283,20 @@ def backbones_table(entries: Entries, cells: Sequence[Cell]) -> str:
             entries.measured(row, f"{label(method)} {label(metric)}", cell, metric, **keys)
         if method != "full":
             entries.counted(row, f"{label(method)} Params %", cell, **keys)
+        if entries.cost_columns:
+            entries.costs(row, f"{label(method)} ", cell, fulls.get(backbone), TABLE_COST_COLUMNS)
     return "Backbone"
+
+
+def cost_table(entries: Entries, cells: Sequence[Cell]) -> str:
+    """A row per method; per dataset, its trainable parameters and what its runs cost."""
+    fulls = {cell.cfg.data.name: cell for cell in cells if cell.cfg.method.name == "full"}
+    for cell in cells:
+        method, dataset = cell.cfg.method.name, cell.cfg.data.name
+        row, prefix = label(method), f"{entries.dataset_label(dataset)} "
+        entries.counted(row, f"{prefix}Params (M)", cell, dataset=dataset, method=method)
+        entries.costs(row, prefix, cell, fulls.get(dataset), COST_TABLE_COLUMNS)
+    return "Method"
 
 
 LAYOUTS: dict[str, Callable[[Entries, Sequence[Cell]], str]] = {
@@ -199,16 +305,32 @@ LAYOUTS: dict[str, Callable[[Entries, Sequence[Cell]], str]] = {
     "3": partial(methods_table, params=False, delta=False, average=True),
     "4": dims_table,
     "5": backbones_table,
+    "ext": partial(methods_table, params=True, delta=True, average=False),
 }
 TABLES = tuple(LAYOUTS)
+METHOD_TABLES = ("1", "2", "3", "ext")  # a row per method: these have a cost table and a trade-off figure
 
 
 def build_table(
-    target: str, runs: pd.DataFrame, profile_name: str = "paper", overrides: Sequence[str] = ()
+    target: str,
+    runs: pd.DataFrame,
+    profile_name: str = "paper",
+    overrides: Sequence[str] = (),
+    cost_columns: bool = False,
 ) -> Table:
     """Table `target` of the profile's preset from `runs` (as `load_runs` gives them);
     `overrides` are added to every cell's composition, as on the sweep's command line."""
     chosen = profile(profile_name)
-    entries = Entries(target, runs, PaperValues(chosen.paper_datasets))
+    entries = Entries(target, runs, PaperValues(chosen.paper_datasets), cost_columns)
     row_name = LAYOUTS[target](entries, chosen.cells(target, overrides))
     return Table(target, chosen.preset(target), row_name, entries.frame())
+
+
+def build_cost_table(
+    target: str, runs: pd.DataFrame, profile_name: str = "paper", overrides: Sequence[str] = ()
+) -> Table:
+    """The cost table of table `target`'s cells (one of METHOD_TABLES)."""
+    chosen = profile(profile_name)
+    entries = Entries(target, runs, PaperValues(chosen.paper_datasets))
+    row_name = cost_table(entries, chosen.cells(target, overrides))
+    return Table(target, chosen.preset(target), row_name, entries.frame(), cost=True)
