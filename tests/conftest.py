@@ -15,6 +15,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A seconds-long embedded run: 256 training scenes, 2 epochs, no progress bar.
 SMOKE = ["experiment=smoke", "trainer.threads=1"]
+# Two RetinaNet steps on a few 64 px detection scenes: a method's run end to end, in seconds.
+TINY_DETECTION = [
+    "dataset=shapes_det",
+    "backbone=swin_micro",
+    "data.train_size=4",
+    "data.val_size=2",
+    "data.test_size=2",
+    "data.batch_size=2",
+    "data.image_size=64",
+    "head.min_size=[64]",
+    "head.max_size=64",
+    "trainer.max_steps=2",
+    "trainer.epochs=1",
+    "trainer.threads=1",
+]
 
 
 def cli_env() -> dict[str, str]:

@@ -1,43 +1,55 @@
-"""The five methods that insert modules: counts, what trains, and each method's defining math."""
+"""The methods that insert modules: counts, what trains, and each method's defining math; the methods
+beyond the paper have their own files (test_ssf_dora, test_vpt, test_e3va), and all run end to end here."""
 
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_DETECTION, records, run_cli
+from hydra import compose
 from torch import nn
 
 from peft_bench.backbones.swin import SwinBackbone, build_swin, run_block, slots_of
 from peft_bench.methods import METHODS
 from peft_bench.methods.lora import LoRAQKV
+from peft_bench.methods.lorand import LoRandLinear
 from peft_bench.methods.mona import KERNEL_SIZES, MonaModule
+from peft_bench.params import count
+from peft_bench.registry import config_session
 
 INSERTING = ("adapter", "lora", "adaptformer", "lorand", "mona")
 N = 64  # bottleneck n, and LoRA's rank r
-ALPHA, BETA = 2, 8  # LoRand's branches and kernel size
+ALPHA, BETA = 2, 8  # LoRand's branches and kernel size; its bottleneck is m // 2
 
 # Trainable tensors per block of width m, written from docs/methods.md's formulas.
 PER_BLOCK = {
     "adapter": lambda m: 2 * (2 * m * N + m + N),
     "lora": lambda m: 4 * N * m,
     "adaptformer": lambda m: 2 * m * N + m + N,
-    "lorand": lambda m: 2 * (2 * ALPHA * BETA * (m + N) + ALPHA * BETA**2 + m + N),
+    "lorand": lambda m: lorand_per_block(m, ALPHA, m // 2),
     "mona": lambda m: 2 * ((2 * N + 5) * m + N**2 + 88 * N),
 }
 # embed dim (stage s has embed * 2**s channels) and depths of each size.
 ARCHS = {"swin_t": (96, (2, 2, 6, 2)), "swin_b": (128, (2, 2, 18, 2)), "swin_l": (192, (2, 2, 18, 2))}
-# docs/methods.md's reference column for Swin-B; LoRand's from its formula.
+# docs/methods.md's reference column for Swin-B.
 SWIN_B_REFERENCE = {
     "adapter": 3_107_328,
     "lora": 3_080_192,
     "adaptformer": 1_553_664,
-    "lorand": 901_632,
+    "lorand": 1_203_456,
     "mona": 3_667_456,
 }
+
+
+def lorand_per_block(m: int, branches: int, n: int) -> int:
+    """docs/methods.md's 2(2ab(m + n) + 2ab^2 + m + n), with a = branches, b = BETA."""
+    return 2 * (2 * branches * BETA * (m + n) + 2 * branches * BETA**2 + m + n)
 
 
 def formula_count(method: str, size: str) -> int:
@@ -84,13 +96,14 @@ def images(batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("name", INSERTING)
+@pytest.mark.parametrize("name", [*INSERTING, "ssf", "vpt", "dora"])  # E3VA also trains norms: test_e3va
 def test_only_the_method_tensors_train(name: str) -> None:
     backbone = micro()
     base_names = {n for n, _ in backbone.named_parameters()}
     applied(backbone, name)
     params = dict(backbone.named_parameters())
     new = {n for n in params if n not in base_names}
+    assert base_names <= set(params)  # wrapped modules (LoRA, DoRA, SSF) keep the frozen tensors' names
     assert new and {n for n, p in params.items() if p.requires_grad} == new
 
     before = {n: p.detach().clone() for n, p in params.items()}
@@ -141,14 +154,76 @@ def test_adaptformer_block_output() -> None:
     assert parallel.abs().max() > 1e-3
 
 
-def test_lorand_shares_kernels_and_counts() -> None:
+def plain_lorand(adapter: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The authors' adapter written out: `z + up(gelu(down(z)))`, each projection
+    `z @ (A_0 g_0 B_0 + A_1 g_1 B_1 + ...) + bias`, summed branch by branch."""
+
+    def project(p: LoRandLinear, v: torch.Tensor) -> torch.Tensor:
+        weight = sum(p.a[i] @ p.g[i] @ p.b[i] for i in range(p.a.shape[0]))
+        return v @ weight + p.bias
+
+    body = adapter.body
+    return z + project(body.up, F.gelu(project(body.down, z)))
+
+
+def test_lorand_block_matches_a_plain_recomputation() -> None:
+    backbone = applied(micro(), "lorand").eval()
+    block = backbone.layers[1].blocks[1]  # a shifted-window block, m = 64
+    slots = slots_of(block)
+    x = torch.randn(2, 8, 8, block.dim)
+    with torch.no_grad():
+        attn = block._attn(block.norm1(x))
+        post_attn = x + plain_lorand(slots.attn_out, attn)
+        expected = post_attn + plain_lorand(slots.mlp_out, block.mlp(block.norm2(post_attn)))
+        torch.testing.assert_close(run_block(block, x), expected)
+        assert (plain_lorand(slots.attn_out, attn) - attn).abs().max() > 1e-2  # the adapter shows
+
+
+def factor_shapes(projection: LoRandLinear) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(t.shape) for t in (projection.a, projection.g, projection.b))
+
+
+def test_lorand_has_the_authors_structure() -> None:
     backbone = applied(micro(), "lorand")
     block = backbone.layers[1].blocks[0]
-    adapter = slots_of(block).attn_out.body
-    assert adapter.down.kernel is adapter.up.kernel
-    assert adapter.down.kernel.shape == (ALPHA, BETA, BETA)
-    m = block.dim
-    assert trainable_count(adapter) == 2 * ALPHA * BETA * (m + N) + ALPHA * BETA**2 + m + N
+    m, n = block.dim, block.dim // 2
+    slots = slots_of(block)
+    for adapter in (slots.attn_out, slots.mlp_out):
+        down, up = adapter.body.down, adapter.body.up
+        assert factor_shapes(down) == ((ALPHA, m, BETA), (ALPHA, BETA, BETA), (ALPHA, BETA, n))
+        assert factor_shapes(up) == ((ALPHA, n, BETA), (ALPHA, BETA, BETA), (ALPHA, BETA, m))
+        assert not {id(p) for p in down.parameters()} & {id(p) for p in up.parameters()}  # own g_i
+    assert trainable_count(slots) == lorand_per_block(m, ALPHA, n)
+
+
+def test_lorand_init_is_the_authors_kaiming_uniform() -> None:
+    """kaiming_uniform(a=sqrt(5)) on a 2-D (rows, cols) matrix is U(+-1/sqrt(cols)); the bias
+    U(+-1/sqrt(in)), as nn.Linear's with the composed weight's fan-in."""
+    torch.manual_seed(0)
+    projection = LoRandLinear(256, 128, branches=ALPHA, kernel=BETA)
+    bounds = {"a": BETA**-0.5, "g": BETA**-0.5, "b": 128**-0.5, "bias": 256**-0.5}
+    for name, bound in bounds.items():
+        largest = getattr(projection, name).abs().max().item()
+        assert 0.9 * bound < largest <= bound, name
+
+
+@pytest.mark.parametrize("branches", [1, 2, 3, 4])
+def test_lorand_swin_b_count_per_branch_count(big_backbones: dict[str, SwinBackbone], branches: int) -> None:
+    """Only 2 branches give the paper's Table 1 figure, 1.20M; the authors' code's 4 give 2.37M."""
+    count = trainable_count(applied(copy.deepcopy(big_backbones["swin_b"]), "lorand", branches=branches))
+    embed, depths = ARCHS["swin_b"]
+    widths = [embed * 2**s for s in range(4)]
+    assert count == sum(
+        d * lorand_per_block(m, branches, m // 2) for m, d in zip(widths, depths, strict=True)
+    )
+    assert (round(count / 1e6, 2) == 1.20) == (branches == 2)
+
+
+def test_lorand_fixed_bottleneck(big_backbones: dict[str, SwinBackbone]) -> None:
+    backbone = applied(copy.deepcopy(big_backbones["swin_l"]), "lorand", dim=64)
+    embed, depths = ARCHS["swin_l"]
+    expected = sum(d * lorand_per_block(embed * 2**s, ALPHA, 64) for s, d in enumerate(depths))
+    assert trainable_count(backbone) == expected == 1_304_832
 
 
 def reference_mona(module: MonaModule, x: torch.Tensor) -> torch.Tensor:
@@ -205,3 +280,16 @@ def test_mona_scalar_scales_count() -> None:
     # Per module, gamma and gammax shrink from 2m tensors to 2 scalars; two modules per block.
     embed, depths = 32, (2, 2, 2, 2)
     assert vectors - scalars == sum(d * 2 * (2 * embed * 2**s - 2) for s, d in enumerate(depths))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ssf", "vpt", "dora", "e3va"])
+def test_a_method_beyond_the_paper_runs_end_to_end(name: str, results_dir: Path) -> None:
+    """Two RetinaNet steps from the command line; the record counts what `params` counts."""
+    result = run_cli(*TINY_DETECTION, f"method={name}", results_dir=results_dir)
+    assert result.returncode == 0, result.stderr
+    [record] = records(results_dir)
+    assert record["status"] == "completed" and record["steps"] == 2
+    with config_session():
+        expected = count(compose("config", [*TINY_DETECTION, f"method={name}"]))
+    assert record["params"]["backbone_trainable"] == expected["backbone_trainable"] > 0

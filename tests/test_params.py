@@ -23,6 +23,7 @@ SWIN_B = {
     "adapter": 3_107_328,
     "lora": 3_080_192,
     "adaptformer": 1_553_664,
+    "lorand": 1_203_456,
     "mona": 3_667_456,
 }
 

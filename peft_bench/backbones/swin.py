@@ -15,6 +15,7 @@ Driving the loop here buys three things without copying timm's Swin code:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,11 +97,16 @@ class BlockSlots(nn.Module):
         y = x + drop_path2(mlp_out(mlp(norm2(x)))) + mlp_parallel(x)
         y = post_mlp(y)
 
-    Unset slots cost nothing. Every slot module but `attn_prefix` maps (B, H, W, C) to (B, H, W, C).
+    A side network (`SideNetwork`) reads `a` and the MLP branch (after `mlp_out`), both before drop
+    path and detached, and changes nothing in the block. Unset slots cost nothing. Every slot module
+    but `attn_prefix` maps (B, H, W, C) to (B, H, W, C).
     `attn_prefix` is token-level: from the block's input it gives P tokens, (P, C) or (B, P, C), in
     the space of that input (so normed by `norm1` as the map is); every window's queries then also
     attend to them as extra keys and values (no position bias, never masked by the shift), and
-    their own outputs are dropped: the place of prompt tokens (VPT-deep).
+    their own outputs are dropped: the place of prompt tokens (VPT-deep). With
+    `attn_prefix_normed`, the tokens are taken as already in `norm1`'s output space and enter the
+    attention as they are (`prefix=attn_prefix(x)`): prompts joined to the windows after `norm1`,
+    as the Mona authors' Swin VPT does.
     """
 
     def __init__(self) -> None:
@@ -111,6 +117,7 @@ class BlockSlots(nn.Module):
         self.mlp_parallel: nn.Module | None = None
         self.post_mlp: nn.Module | None = None
         self.attn_prefix: nn.Module | None = None
+        self.attn_prefix_normed = False  # True: `attn_prefix` skips norm1
 
 
 EMPTY_SLOTS = BlockSlots()  # a block without a method's modules
@@ -194,16 +201,23 @@ def _window_padding(block: SwinTransformerBlock, x: torch.Tensor) -> tuple[int, 
     return -x.shape[1] % block.window_size[0], -x.shape[2] % block.window_size[1]
 
 
-def run_block(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
+def run_block(
+    block: SwinTransformerBlock, x: torch.Tensor, taps: list[Branches] | None = None
+) -> torch.Tensor:
     """timm's block forward, with `windowed_attention` and the method slots of `BlockSlots` where set.
 
-    A block without slots on a map of whole windows runs timm's own forward (its hooks fire)."""
+    A block without slots on a map of whole windows runs timm's own forward (its hooks fire), unless
+    `taps` is given: then the block's attention and MLP branch outputs are appended to it, detached
+    (what a `SideNetwork` reads)."""
     slots: BlockSlots | None = getattr(block, "slots", None)
-    if slots is None and not any(_window_padding(block, x)):
+    if slots is None and taps is None and not any(_window_padding(block, x)):
         return block(x)
     slots = slots or EMPTY_SLOTS
     if slots.attn_prefix is not None:
-        attn = prefixed_windowed_attention(block, block.norm1(x), block.norm1(slots.attn_prefix(x)))
+        prefix = slots.attn_prefix(x)
+        if not slots.attn_prefix_normed:
+            prefix = block.norm1(prefix)
+        attn = prefixed_windowed_attention(block, block.norm1(x), prefix)
     else:
         attn = windowed_attention(block, block.norm1(x))
     if slots.attn_out is not None:
@@ -214,6 +228,8 @@ def run_block(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
     mlp = block.mlp(block.norm2(x))
     if slots.mlp_out is not None:
         mlp = slots.mlp_out(mlp)
+    if taps is not None:
+        taps.append((attn.detach(), mlp.detach()))
     y = x + block.drop_path2(mlp)
     if slots.mlp_parallel is not None:
         y = y + slots.mlp_parallel(x)
@@ -226,8 +242,35 @@ def _has_trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
+Branches = tuple[torch.Tensor, torch.Tensor]  # one block's attention and MLP branch outputs, (B, H, W, C)
+
+
+class SideNetwork(nn.Module, ABC):
+    """A trainable network beside the frozen blocks (`SwinBackbone.side`): it reads them and adds to
+    their stage outputs, so that backpropagation never enters a block (E3VA's highway)."""
+
+    @abstractmethod
+    def forward(
+        self, backbone: SwinBackbone, branches: list[list[Branches]], stages: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """One (B, H, W, C) term per stage, added to that stage's output.
+
+        `branches[s]` holds the (attention, MLP) branch outputs of stage `s`'s blocks in order, and
+        `stages[s]` its output, all detached; `backbone` lends its own (frozen) modules, e.g. the
+        patch mergings `backbone.layers[s].downsample`.
+        """
+
+
 class SwinBackbone(nn.Module):
-    """A timm Swin Transformer without its classifier, with method slots and stage outputs."""
+    """A timm Swin Transformer without its classifier, with method slots and stage outputs.
+
+    `side`, when set, is a `SideNetwork`: `forward_stages` first runs the backbone as without it
+    (frozen units without autograd), keeping each block's attention and MLP branch outputs,
+    (B, H, W, C) before drop path, detached; then `side(self, branches, stages)` gives one term per
+    stage, added to that stage's output, i.e. to what the output norm and the head read, never to
+    what the next stage reads. The gradient thus reaches the side (and the frozen modules it
+    borrows) but no block. Unset (None), it costs nothing.
+    """
 
     def __init__(self, name: str, spec: SwinSpec, body: nn.Module) -> None:
         super().__init__()
@@ -239,6 +282,7 @@ class SwinBackbone(nn.Module):
         self.num_features: int = body.num_features
         self.stage_dims = spec.stage_dims
         self.output_norms: nn.ModuleList | None = None
+        self.side: SideNetwork | None = None
 
     def prepare_output_norms(self, per_stage: bool, fresh: bool) -> None:
         """The norms that feed the head: one per stage (`use_output_norms`, dense tasks) or the final
@@ -289,20 +333,28 @@ class SwinBackbone(nn.Module):
         return units
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The output of each stage, (B, H, W, C), before any output norm.
+        """The output of each stage, (B, H, W, C), before any output norm, plus the terms of the
+        `side` network if one is set.
 
         Units before the first one that holds a trainable tensor run without autograd.
         """
         units = self._units()
         first_trainable = next((i for i, (_, m) in enumerate(units) if _has_trainable(m)), len(units))
+        branches: list[list[Branches]] | None = None if self.side is None else [[] for _ in self.layers]
         outputs: list[torch.Tensor] = []
         for i, (stage, unit) in enumerate(units):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i >= first_trainable):
-                x = run_block(unit, x) if isinstance(unit, SwinTransformerBlock) else unit(x)
+                if isinstance(unit, SwinTransformerBlock):
+                    x = run_block(unit, x, None if branches is None else branches[stage])
+                else:
+                    x = unit(x)
             is_stage_end = stage is not None and (i + 1 == len(units) or units[i + 1][0] != stage)
             if is_stage_end:
                 outputs.append(x)
-        return outputs
+        if self.side is None:
+            return outputs
+        terms = self.side(self, branches, [s.detach() for s in outputs])
+        return [s + t for s, t in zip(outputs, terms, strict=True)]
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Normed stage outputs as (B, C, H, W) maps, strides 4, 8, 16, 32: the input of a neck."""

@@ -5,7 +5,18 @@ What a method of your own needs is exported here; `docs/extending.md` writes one
 
 from peft_bench.backbones.swin import BlockSlots, slots_of
 from peft_bench.config import MethodConfig
-from peft_bench.methods import adapter, adaptformer, lora, lorand, mona, selection  # noqa: F401
+from peft_bench.methods import (  # noqa: F401
+    adapter,
+    adaptformer,
+    dora,
+    e3va,
+    lora,
+    lorand,
+    mona,
+    selection,
+    ssf,
+    vpt,
+)
 from peft_bench.methods.base import METHODS, BlockInsertion, Method, build_method, freeze, register_method
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""LoRand: Houlsby-placed adapters whose projections are sums of small kernel products."""
+"""LoRand: Houlsby-placed adapters whose projections are sums of low-rank branches `A_i g_i B_i`."""
 
 from __future__ import annotations
 
@@ -18,9 +18,13 @@ from peft_bench.methods.layers import Bottleneck, Residual
 
 @dataclass
 class LoRandConfig(MethodConfig):
-    dim: int = 64  # bottleneck width n (the paper's baselines use 64; the LoRand paper m/2)
-    branches: int = 2  # alpha: the number of P K Q branches of each projection
-    kernel: int = 8  # beta: the side of each branch's kernel K
+    # alpha: A_i g_i B_i branches per projection. 2 gives the paper's Table 1 count (1.20M on Swin-B);
+    # the authors' Swin code hard-codes 4 (2.37M on Swin-B).
+    branches: int = 2
+    kernel: int = 8  # beta: the side of each g_i, i.e. each branch's rank (the authors' code: 8)
+    factor: int = 2  # bottleneck width n = m // factor, from the block's width m (the authors' FACTOR)
+    # A fixed bottleneck width n for every block instead (64: the other baselines' n); None: m // factor.
+    dim: int | None = None
 
 
 def _kaiming_per_branch(stack: torch.Tensor) -> None:
@@ -30,51 +34,46 @@ def _kaiming_per_branch(stack: torch.Tensor) -> None:
 
 
 class LoRandLinear(nn.Module):
-    """A linear map with weight `sum_i P_i K_i Q_i`: (out, beta) @ (beta, beta) @ (beta, in).
+    """A linear map `y = x W + bias` with `W = sum_i A_i g_i B_i`, an (in, out) matrix of rank <= a*b.
 
-    The kernels K (branches, beta, beta) are passed in so that an adapter's down and up
-    projections can share them; P, Q and the bias are this projection's own.
+    Per branch i: A_i (in, b), g_i (b, b), B_i (b, out), stacked over the a branches; every
+    projection has its own factors (nothing is shared between projections). The weight is composed
+    on every call, as the authors' code does, so all factors train.
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel: nn.Parameter) -> None:
+    def __init__(self, in_features: int, out_features: int, branches: int, kernel: int) -> None:
         super().__init__()
-        branches, beta, _ = kernel.shape
-        self.kernel = kernel
-        self.p = nn.Parameter(torch.empty(branches, out_features, beta))
-        self.q = nn.Parameter(torch.empty(branches, beta, in_features))
+        self.a = nn.Parameter(torch.empty(branches, in_features, kernel))
+        self.g = nn.Parameter(torch.empty(branches, kernel, kernel))
+        self.b = nn.Parameter(torch.empty(branches, kernel, out_features))
         self.bias = nn.Parameter(torch.empty(out_features))
-        _kaiming_per_branch(self.p)
-        _kaiming_per_branch(self.q)
-        bound = 1 / math.sqrt(in_features)
+        for factor in (self.a, self.g, self.b):
+            _kaiming_per_branch(factor)
+        bound = 1 / math.sqrt(in_features)  # nn.Linear's bias init, with the composed weight's fan-in
         nn.init.uniform_(self.bias, -bound, bound)
 
     def composed_weight(self) -> torch.Tensor:
-        """The (out, in) weight, composed from the factors on every call (so they all train)."""
-        return (self.p @ self.kernel @ self.q).sum(dim=0)
+        """The (out, in) weight of `F.linear`: the transpose of `sum_i A_i g_i B_i`."""
+        return (self.a @ self.g @ self.b).sum(dim=0).T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.composed_weight(), self.bias)
 
-
-def lorand_adapter(dim: int, hidden: int, branches: int, beta: int) -> Residual:
-    """`x + up(gelu(down(x)))` with LoRand projections that share their kernels K_i.
-
-    Per adapter: 2 * branches * beta * (m + n) + branches * beta^2 + m + n.
-    """
-    kernel = nn.Parameter(torch.empty(branches, beta, beta))
-    _kaiming_per_branch(kernel)
-    return Residual(Bottleneck(LoRandLinear(dim, hidden, kernel), LoRandLinear(hidden, dim, kernel)))
+    def extra_repr(self) -> str:
+        branches, in_features, kernel = self.a.shape
+        out_features = self.bias.numel()
+        return f"in_features={in_features}, out_features={out_features}, branches={branches}, kernel={kernel}"
 
 
 @register_method("lorand", label="LoRand")
 class LoRand(BlockInsertion):
-    """LoRand adapters on the attention and MLP branch outputs, before each residual add.
+    """LoRand adapters `x + up(gelu(down(x)))` on the attention and MLP branch outputs.
 
-    Init as the LoRand code: every factor P, K, Q kaiming-uniform(a=sqrt(5)) per branch, biases
-    as nn.Linear's. Not zero-initialised (the LoRand paper does not start from the identity), so
-    the model is near, not equal to, the base model at init. No dropout, as LoRand has none.
-    The shared kernel is one Parameter registered under both projections: `parameters()`
-    counts it once, while `state_dict()` lists it under both names.
+    Placed before each residual add (slots `attn_out`, `mlp_out`), as the authors' Swin code
+    (`lorand1`, `lorand2`). `down` (m -> n) and `up` (n -> m) are `LoRandLinear`s. Init as that
+    code: every A_i, g_i, B_i kaiming-uniform(a=sqrt(5)), biases as nn.Linear's; not
+    zero-initialised, so the model starts near, not at, the base model. No dropout.
+    Per block: 2(2ab(m + n) + 2ab^2 + m + n).
     """
 
     config_class = LoRandConfig
@@ -86,4 +85,8 @@ class LoRand(BlockInsertion):
         slots.mlp_out = self._adapter(block.dim)
 
     def _adapter(self, dim: int) -> Residual:
-        return lorand_adapter(dim, self.cfg.dim, self.cfg.branches, self.cfg.kernel)
+        cfg = self.cfg
+        hidden = dim // cfg.factor if cfg.dim is None else cfg.dim
+        down = LoRandLinear(dim, hidden, cfg.branches, cfg.kernel)
+        up = LoRandLinear(hidden, dim, cfg.branches, cfg.kernel)
+        return Residual(Bottleneck(down, up))

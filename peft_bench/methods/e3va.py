@@ -1,0 +1,96 @@
+"""E3VA: parallel low-rank adapters on a gradient highway beside the frozen Swin blocks.
+
+Yin et al., "Parameter-efficient is not sufficient: Exploring Parameter, Memory, and Time Efficient
+Adapter Tuning for Dense Predictions" (arXiv:2306.09729). The backbone runs without autograd; only
+the highway builds a graph, so training memory and time shrink with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from peft_bench.backbones.swin import Branches, SideNetwork, SwinBackbone
+from peft_bench.config import MethodConfig
+from peft_bench.methods.base import Method, freeze, register_method
+from peft_bench.methods.layers import Bottleneck, trunc_normal_linears
+
+
+@dataclass
+class E3VAConfig(MethodConfig):
+    dim: int = 64  # bottleneck width n of each adapter (the paper's is not given: as the other adapters)
+    dropout: float = 0.1  # inside each adapter, as the other adapters here
+
+
+class BlockAdapters(nn.Module):
+    """The two parallel adapters of one block: `up(drop(gelu(down(.))))` on its attention branch and
+    on its MLP branch, summed. Up projections start at zero, so the highway starts on the backbone."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = Bottleneck.linear(dim, hidden, dropout)
+        self.mlp = Bottleneck.linear(dim, hidden, dropout)
+        for adapter in (self.attn, self.mlp):
+            trunc_normal_linears(adapter)
+            nn.init.zeros_(adapter.up.weight)
+            nn.init.zeros_(adapter.up.bias)
+
+    def forward(self, branches: Branches) -> torch.Tensor:
+        attn, mlp = branches
+        return self.attn(attn) + self.mlp(mlp)
+
+
+class Highway(SideNetwork):
+    """The highway, as its lead over the backbone's stream: per stage, the sum of its blocks' adapter
+    outputs plus the lead carried in through the backbone's own (frozen) patch merging.
+
+    The highway is `stream + lead`: it starts on the patch embedding, takes each block's residual
+    adds as the stream does and the block's adapter outputs on top, and is downsampled by the
+    stage's `merge`, so its lead into stage s is `merge(x + lead) - merge(x)` of stage s - 1's output
+    `x` and lead. Gradients pass through adapters, additions and mergings only, never a block.
+    """
+
+    def __init__(self, dims: Sequence[int], depths: Sequence[int], hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(
+            nn.ModuleList(BlockAdapters(dim, hidden, dropout) for _ in range(depth))
+            for dim, depth in zip(dims, depths, strict=True)
+        )
+
+    def forward(
+        self, backbone: SwinBackbone, branches: list[list[Branches]], stages: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        leads: list[torch.Tensor] = []
+        for s, (adapters, taps) in enumerate(zip(self.stages, branches, strict=True)):
+            if s == 0:
+                lead = torch.zeros_like(stages[0])
+            else:
+                merge, previous = backbone.layers[s].downsample, stages[s - 1]
+                lead = merge(previous + leads[-1]) - merge(previous)
+            for block, block_branches in zip(adapters, taps, strict=True):
+                lead = lead + block(block_branches)
+            leads.append(lead)
+        return leads
+
+
+@register_method("e3va", label="E3VA")
+class E3VA(Method):
+    """Freezes the backbone, sets the highway beside it (`SwinBackbone.side`) and trains the norms
+    through which the highway reaches the head: the per-stage output norms of a dense backbone, the
+    final norm of a classifier. Per block: 2(2mn + m + n); plus 2m per trained norm.
+    """
+
+    config_class = E3VAConfig
+    cfg: E3VAConfig
+
+    def apply(self, backbone: SwinBackbone) -> None:
+        freeze(backbone)
+        depths = [len(stage.blocks) for stage in backbone.layers]
+        with torch.device(next(backbone.parameters()).device):
+            backbone.side = Highway(backbone.stage_dims, depths, self.cfg.dim, self.cfg.dropout)
+        norms = backbone.output_norms if backbone.output_norms is not None else [backbone.norm]
+        for norm in norms:
+            norm.requires_grad_(True)

@@ -1,0 +1,150 @@
+"""SSF: a per-channel scale and shift after the backbone's own operations, mergeable into them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from timm.models.swin_transformer import PatchMerging
+from torch import nn
+
+from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.config import MethodConfig
+from peft_bench.methods.base import Method, freeze, register_method
+
+
+@dataclass
+class SSFConfig(MethodConfig):
+    # Scales start at N(1, std^2) and shifts at N(0, std^2), as the reference code (std 0.02);
+    # 0 starts every SSF at the identity.
+    init_std: float = 0.02
+
+
+class ScaleShift(nn.Module):
+    """Mixin for a frozen Linear, Conv2d or LayerNorm: `scale * f(x) + shift` per output channel.
+
+    The wrapper takes over the module's weight and bias Parameters, so their state-dict names
+    (`attn.qkv.weight`, `norm1.bias`, ...) stay and pretrained checkpoints load unchanged. Because
+    `f` is affine per output channel, `merge()` can fold the scale and shift into it.
+    """
+
+    channel_dims: ClassVar[int] = 0  # output dims after the channel dim: 2 for a conv's (B, C, H, W)
+    # Never weight-decayed, whatever the recipe's rules: the reference trains them with timm's
+    # optimiser, which exempts every tensor of one dimension (a decayed scale would shrink to 0).
+    no_weight_decay: ClassVar[tuple[str, ...]] = ("scale", "shift")
+    weight: nn.Parameter
+    bias: nn.Parameter
+
+    def _adopt(self, module: nn.Module, std: float) -> None:
+        """Take over `module`'s weight and bias; add a scale and a shift per output channel."""
+        if module.bias is None:
+            raise ValueError(f"SSF folds its shift into a bias; {module} has none")
+        self.weight = module.weight
+        self.bias = module.bias
+        like = module.weight
+        self.scale = nn.Parameter(torch.empty(like.shape[0], device=like.device, dtype=like.dtype))
+        self.shift = nn.Parameter(torch.empty_like(self.scale))
+        nn.init.normal_(self.scale, mean=1.0, std=std)
+        nn.init.normal_(self.shift, mean=0.0, std=std)
+        self.merged = False
+
+    def _per_channel(self, t: torch.Tensor) -> torch.Tensor:
+        return t.view(-1, *(1,) * self.channel_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if self.merged:
+            return out
+        return out * self._per_channel(self.scale) + self._per_channel(self.shift)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold into the frozen tensors: `weight' = scale * weight` (per output row), `bias' = scale * bias
+        + shift`; forward becomes the plain module's. For inference: the scale and shift then no
+        longer reach the output."""
+        if not self.merged:
+            self.weight.mul_(self.scale.view(-1, *(1,) * (self.weight.dim() - 1)))
+            self.bias.mul_(self.scale).add_(self.shift)
+            self.merged = True
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ssf, merged={self.merged}"
+
+
+class SSFLinear(ScaleShift, nn.Linear):
+    def __init__(self, linear: nn.Linear, std: float) -> None:
+        # Built on the meta device: the base weight and bias are taken over, not allocated.
+        super().__init__(linear.in_features, linear.out_features, device="meta")
+        self._adopt(linear, std)
+
+
+class SSFConv2d(ScaleShift, nn.Conv2d):
+    channel_dims = 2
+
+    def __init__(self, conv: nn.Conv2d, std: float) -> None:
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        self._adopt(conv, std)
+
+
+class SSFLayerNorm(ScaleShift, nn.LayerNorm):
+    def __init__(self, norm: nn.LayerNorm, std: float) -> None:
+        super().__init__(norm.normalized_shape, eps=norm.eps, device="meta")
+        self._adopt(norm, std)
+
+
+def scale_shift(module: nn.Module, std: float) -> ScaleShift:
+    """`module` wrapped with an SSF on its output channels."""
+    for base, wrapper in ((nn.Linear, SSFLinear), (nn.Conv2d, SSFConv2d), (nn.LayerNorm, SSFLayerNorm)):
+        if isinstance(module, base):
+            return wrapper(module, std)
+    raise TypeError(f"SSF wraps a Linear, Conv2d or LayerNorm, not {type(module).__name__}")
+
+
+BLOCK_TARGETS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+
+
+def ssf_targets(backbone: SwinBackbone) -> Iterator[str]:
+    """The modules the reference code follows with an SSF, by name: the patch embedding's conv and
+    norm, in every block norm1, qkv, proj, norm2, fc1 and fc2, every patch merging's norm (not
+    its bias-free reduction), and the output norm(s)."""
+    yield from ("patch_embed.proj", "patch_embed.norm")
+    for s, stage in enumerate(backbone.layers):
+        if isinstance(stage.downsample, PatchMerging):  # timm's layout: it starts stages 1-3
+            yield f"layers.{s}.downsample.norm"
+        for b in range(len(stage.blocks)):
+            yield from (f"layers.{s}.blocks.{b}.{target}" for target in BLOCK_TARGETS)
+    if backbone.output_norms is not None:
+        yield from (f"output_norms.{i}" for i in range(len(backbone.output_norms)))
+    else:
+        yield "norm"
+
+
+@register_method("ssf", label="SSF")
+class SSF(Method):
+    """Scale and shift the features after the frozen backbone's linear maps, patch conv and norms.
+
+    Placement (`ssf_targets`) and init (N(1, 0.02) scales, N(0, 0.02) shifts) as the reference
+    code; per block 22m. Every SSF can be merged into the module it follows (`ScaleShift.merge`).
+    """
+
+    config_class = SSFConfig
+    cfg: SSFConfig
+
+    def apply(self, backbone: SwinBackbone) -> None:
+        freeze(backbone)
+        for name in list(ssf_targets(backbone)):
+            parent, _, leaf = name.rpartition(".")
+            owner = backbone.get_submodule(parent)
+            setattr(owner, leaf, scale_shift(getattr(owner, leaf), self.cfg.init_std))
