@@ -6,7 +6,7 @@ All methods' models live side by side and are timed in an interleaved, rotating 
 drift of the machine (other load, thermal state) hits every method alike; the table reports
 medians and ratios to Full. One CSV row per method, with a run record's cost fields: step time and
 training images per second, inference images per second, peak memory, the delta checkpoint's bytes
-(the trainable state as a run saves it), device and precision.
+(the trainable state, serialised as a run's `model.safetensors`), device and precision.
 
 Each candidate is on the device only while it is measured (the others wait on the CPU), under the
 autocast of training (`--precision`, as `trainer.precision`). Peak memory: on CUDA,
@@ -34,7 +34,8 @@ from hydra import compose
 
 from peft_bench.builder import build_task_model
 from peft_bench.config import Device, Precision
-from peft_bench.delta import delta_bytes
+from peft_bench.delta import serialized_delta
+from peft_bench.engine.cost import peak_memory, reset_peak_memory
 from peft_bench.engine.distributed import resolve_device
 from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.precision import Autocast, autocast, resolve_precision
@@ -181,11 +182,11 @@ def measure(
             for _ in range(warmup):
                 _train_step(c, images, targets, amp)
                 _infer(c, images, amp)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+            if device.type == "cuda":  # as a run measures it (engine.cost), over one step
+                reset_peak_memory(device)
                 _train_step(c, images, targets, amp)
-                c.peak_bytes = torch.cuda.max_memory_allocated(device)
-                c.peak_reserved_bytes = torch.cuda.max_memory_reserved(device)
+                peak = peak_memory(device)
+                c.peak_bytes, c.peak_reserved_bytes = peak["peak_mem_bytes"], peak["peak_reserved_bytes"]
             else:
                 c.peak_bytes = step_memory_account(c, images, targets)
     for r in range(repeats):
@@ -225,7 +226,7 @@ def table(
                 if c.peak_reserved_bytes
                 else None,
                 "mem_source": "cuda_max_allocated" if device.type == "cuda" else "step_account",
-                "delta_bytes": len(delta_bytes(c.model)),
+                "delta_bytes": len(serialized_delta(c.model)),
             }
         )
     full = next((r for r in rows if r["method"] == "full"), None)

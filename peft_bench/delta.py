@@ -33,7 +33,9 @@ def backbone_fingerprint(backbone: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def delta_bytes(model: torch.nn.Module, fingerprint: str = "", info: dict[str, Any] | None = None) -> bytes:
+def serialized_delta(
+    model: torch.nn.Module, fingerprint: str = "", info: dict[str, Any] | None = None
+) -> bytes:
     """The model's trainable state as a safetensors file, with the base fingerprint and `info`."""
     tensors = {k: v.contiguous() for k, v in trainable_state(model).items()}
     metadata = {"base_fingerprint": fingerprint, "info": json.dumps(info or {}, sort_keys=True, default=str)}
@@ -41,8 +43,8 @@ def delta_bytes(model: torch.nn.Module, fingerprint: str = "", info: dict[str, A
 
 
 def save_delta(path: Path, model: torch.nn.Module, fingerprint: str, info: dict[str, Any]) -> None:
-    """Atomically write the model's delta (`delta_bytes`)."""
-    data = delta_bytes(model, fingerprint, info)
+    """Atomically write the model's delta (`serialized_delta`)."""
+    data = serialized_delta(model, fingerprint, info)
     write_atomic(path, lambda f: f.write(data))
 
 

@@ -13,6 +13,7 @@ from conftest import REPO
 from nbclient import NotebookClient
 from omegaconf import DictConfig, OmegaConf
 
+from peft_bench.params import count
 from peft_bench.report.__main__ import main
 from peft_bench.report.aggregate import cell_runs
 from peft_bench.report.build import Options, write_target
@@ -21,7 +22,7 @@ from peft_bench.report.grid import Cell
 from peft_bench.report.profiles import profile
 from peft_bench.report.render import markdown
 from peft_bench.report.tables import build_cost_table, build_table
-from peft_bench.report.tradeoff import points, write_tradeoff
+from peft_bench.report.tradeoff import points, reference_device, write_tradeoff
 from peft_bench.results.atomic import write_text_atomic
 from peft_bench.results.protocol import protocol_hash, run_id_for
 from peft_bench.results.store import load_runs, run_dir, write_history, write_record
@@ -289,13 +290,20 @@ def test_cost_table_compares_to_full_on_the_same_device_only(tmp_path: Path) -> 
     assert entries.loc[("Mona", "COCO Peak mem (MB)"), "ours"] == pytest.approx(600)
     assert entries.loc[("Mona", "COCO Mem ×Full"), "ours"] == pytest.approx(0.6)
     assert entries.loc[("Full", "COCO Delta (MB)"), "ours"] == pytest.approx(1.0)
-    assert entries.loc[("Mona", "COCO Params (M)"), "kind"] == "count"
+    mona_params = count(by(PAPER.cells("1", TABLE1_OVERRIDES), method="mona"))["backbone_trainable"]
+    assert entries.loc[("Mona", "COCO Params (M)"), ["kind", "ours"]].tolist() == ["count", mona_params / 1e6]
 
-    other = build_cost_table("1", load_runs(cost_store(tmp_path / "b", "gpu B")), overrides=TABLE1_OVERRIDES)
-    entries = other.entries.set_index(["row", "column"])  # costs from two devices: a column per device
+    # Full on B: Mona's one run on B is the one compared.
+    on_b = build_cost_table("1", load_runs(cost_store(tmp_path / "b", "gpu B")), overrides=TABLE1_OVERRIDES)
+    entries = on_b.entries.set_index(["row", "column"])
+    assert entries.loc[("Mona", "COCO Step ×Full"), ["ours", "n", "device"]].tolist() == [4.5, 1, "gpu B"]
+
+    # Full on C, where Mona never ran: no ratio, and a column per device.
+    on_c = build_cost_table("1", load_runs(cost_store(tmp_path / "c", "gpu C")), overrides=TABLE1_OVERRIDES)
+    entries = on_c.entries.set_index(["row", "column"])
     ratio = entries.loc[("Mona", "COCO Step ×Full @ gpu A")]
     assert math.isnan(ratio["ours"]) and ratio["status"] == "Full measured on another device or protocol"
-    assert entries.loc[("Full", "COCO Step (s) @ gpu B"), "ours"] == pytest.approx(2.0)
+    assert entries.loc[("Full", "COCO Step (s) @ gpu C"), "ours"] == pytest.approx(2.0)
     assert ("Full", "COCO Step (s) @ gpu A") not in entries.index
 
 
@@ -325,3 +333,12 @@ def test_tradeoff_figure_places_each_method(tmp_path: Path) -> None:
     assert [p.name for p in figure.paths] == ["tradeoff1.png", "tradeoff1.pdf"]
     assert all(p.stat().st_size > 1000 for p in figure.paths)
     assert figure.missing == ["COCO: LoRA"]
+
+
+def test_tradeoff_memory_comes_from_fulls_device_only(tmp_path: Path) -> None:
+    runs = load_runs(cost_store(tmp_path / "store", "gpu B"))  # Full on B; Mona twice on A, once on B
+    cells = PAPER.cells("1", TABLE1_OVERRIDES)
+    assert reference_device(cells, runs) == "gpu B"
+    found = {p.method: p for p in points(cells, runs, "ap_box", "gpu B")}
+    assert found["Mona"].device == "gpu B" and found["Mona"].peak_mem_mb == pytest.approx(9000)
+    assert found["Mona"].score == pytest.approx(54.0)  # the metric pools every seed, whatever the device

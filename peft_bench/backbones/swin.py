@@ -160,7 +160,8 @@ def prefixed_windowed_attention(
         x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
     mask = block.get_attn_mask(x) if getattr(block, "dynamic_mask", False) else block.attn_mask
     windows = window_partition(x, block.window_size).flatten(1, 2)  # (B * nW, N, C), image-major
-    out = _prefixed_attention(block.attn, windows, prefix.expand(x.shape[0], -1, -1), mask)
+    shared = prefix if prefix.dim() == 3 else prefix.unsqueeze(0)  # (1, P, C): one for every image
+    out = _prefixed_attention(block.attn, windows, shared, mask)
     x = window_reverse(out.view(-1, *block.window_size, x.shape[-1]), block.window_size, *x.shape[1:3])
     if any(shift):
         x = torch.roll(x, shifts=shift, dims=(1, 2))
@@ -171,7 +172,8 @@ def _prefixed_attention(
     attn: WindowAttention, windows: torch.Tensor, prefix: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
     """timm's `WindowAttention` on `windows` (B * nW, N, C) whose queries also see the keys and values
-    of their image's `prefix` (B, P, C), with a zero position bias and no shift mask toward it."""
+    of their image's `prefix` (B, P, C), or of one (1, P, C) shared by all, with a zero position bias
+    and no shift mask toward it."""
     count, n, _ = windows.shape
     images, p, _ = prefix.shape
 
@@ -181,7 +183,7 @@ def _prefixed_attention(
         return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
     q, k, v = heads(windows)
-    _, prefix_k, prefix_v = heads(prefix)  # once per image, shared by its windows
+    _, prefix_k, prefix_v = heads(prefix)  # once per prefix, shared by its windows
     k = torch.cat([prefix_k.repeat_interleave(count // images, dim=0), k], dim=2)
     v = torch.cat([prefix_v.repeat_interleave(count // images, dim=0), v], dim=2)
     bias = F.pad(attn._get_rel_pos_bias(), (p, 0))  # (1, heads, N, P + N)

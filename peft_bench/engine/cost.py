@@ -72,11 +72,15 @@ class Throughput:
 
     @contextmanager
     def timing(self) -> Iterator[None]:
+        self._sync()  # queued training work is not the evaluation's
         start = time.perf_counter()
         yield
+        self._sync()
+        self.seconds += time.perf_counter() - start
+
+    def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.seconds += time.perf_counter() - start
 
     def per_second(self) -> float | None:
         return self.images / self.seconds if self.seconds else None

@@ -6,7 +6,7 @@ module names: `layer_norms` (the custom key 'norm', which in the reference model
 the LayerNorms, and `norm_decay_mult=0`), `biases` (`bias_decay_mult=0`), `position_tables`
 (the custom keys 'relative_position_bias_table' and 'absolute_pos_embed'), and the harness's own
 `vectors` (every tensor of at most one dimension). Under every rule, a module's tensors that it
-names in `no_weight_decay` (e.g. SSF's scales and shifts, which its source never decays) take none.
+names in `decay_exempt` (e.g. SSF's scales and shifts, which its source never decays) take none.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ HARNESS_NO_DECAY = (NoDecay.vectors, NoDecay.position_tables)
 def exempt_from_decay(module: nn.Module, leaf: str, param: nn.Parameter, rules: set[NoDecay]) -> bool:
     """Whether `param`, registered as `leaf` in `module`, takes no weight decay under `rules`."""
     return (
-        leaf in getattr(module, "no_weight_decay", ())
+        leaf in getattr(module, "decay_exempt", ())
         or (NoDecay.vectors in rules and param.ndim <= 1)
         or (NoDecay.layer_norms in rules and isinstance(module, nn.LayerNorm))
         or (NoDecay.biases in rules and leaf == "bias")

@@ -302,14 +302,16 @@ class Trainer:
         )
 
     def cost(self) -> dict[str, Any]:
-        """Median step time and training images per second (the global batch), evaluation images per
-        second, and the peak memory since training began."""
+        """Median step time; training and evaluation images per second of all processes together
+        (the global batch per step; each process evaluates its shard at this process's rate); the peak
+        memory since training began."""
         step_s = self.step_timer.median()
+        eval_img_s = self.eval_throughput.per_second()
         return {
             "step_s": step_s,
             "train_img_s": self.data_cfg.batch_size / step_s if step_s else None,
             "steps_timed": len(self.step_timer.seconds),
-            "eval_img_s": self.eval_throughput.per_second(),
+            "eval_img_s": eval_img_s * self.info.world_size if eval_img_s else None,
             **peak_memory(self.device),
         }
 

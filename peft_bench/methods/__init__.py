@@ -3,7 +3,7 @@
 What a method of your own needs is exported here; `docs/extending.md` writes one.
 """
 
-from peft_bench.backbones.swin import BlockSlots, slots_of
+from peft_bench.backbones.swin import BlockSlots, Branches, SideNetwork, slots_of
 from peft_bench.config import MethodConfig
 from peft_bench.methods import (  # noqa: F401
     adapter,
@@ -23,8 +23,10 @@ __all__ = [
     "METHODS",
     "BlockInsertion",
     "BlockSlots",
+    "Branches",
     "Method",
     "MethodConfig",
+    "SideNetwork",
     "build_method",
     "freeze",
     "register_method",

@@ -33,7 +33,7 @@ class ScaleShift(nn.Module):
     channel_dims: ClassVar[int] = 0  # output dims after the channel dim: 2 for a conv's (B, C, H, W)
     # Never weight-decayed, whatever the recipe's rules: the reference trains them with timm's
     # optimiser, which exempts every tensor of one dimension (a decayed scale would shrink to 0).
-    no_weight_decay: ClassVar[tuple[str, ...]] = ("scale", "shift")
+    decay_exempt: ClassVar[tuple[str, ...]] = ("scale", "shift")
     weight: nn.Parameter
     bias: nn.Parameter
 
@@ -57,7 +57,9 @@ class ScaleShift(nn.Module):
         out = super().forward(x)
         if self.merged:
             return out
-        return out * self._per_channel(self.scale) + self._per_channel(self.shift)
+        # In the output's dtype: under autocast the fp32 scale would otherwise promote it to fp32.
+        scale, shift = (self._per_channel(t).to(out.dtype) for t in (self.scale, self.shift))
+        return out * scale + shift
 
     @torch.no_grad()
     def merge(self) -> None:

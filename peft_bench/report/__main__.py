@@ -6,7 +6,7 @@ Keys (each optional):
                                Tables 1-3 and ext (cost<N>.*); tradeoff: their trade-off figures
   results_dir=results          the run store
   out_dir=<results_dir>/report where the files go: table<N>.md/.tex/.csv, fig5.png/.pdf, cost<N>.*,
-                               tradeoff<N>.png/.pdf (N = 1 ... 5, _ext)
+                               tradeoff<N>.png/.pdf (tables: N = 1 ... 5, _ext; cost, tradeoff: 1, 2, 3, _ext)
   cost=true|false              Tables 1-5 and ext with the cells' step time and peak memory (and ×Full)
   profile=paper|mini           the presets table1..table5 and fig5, or table1_mini ... fig5_mini
   override=<key>=<value>       added to every cell's config as on the sweep's command line, so that

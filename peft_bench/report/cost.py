@@ -38,15 +38,18 @@ class CellCost:
         return self.get(field) / full.get(field), "ok"
 
 
-def cell_cost(runs: pd.DataFrame, protocol_hash: str, protocol: str) -> CellCost:
-    """The cost of the cell whose runs have `protocol_hash` (its protocol's name: `protocol`)."""
+def cell_cost(runs: pd.DataFrame, protocol_hash: str, protocol: str, prefer: str | None = None) -> CellCost:
+    """The cost of the cell whose runs have `protocol_hash` (its protocol's name: `protocol`), over
+    its runs on `prefer` where it has some (Full's device, so that the two compare), else on the
+    device most of them ran on (ties: the first by name)."""
     completed = cell_runs(runs, protocol_hash).completed
     if "cost.step_s" not in completed:
         return CellCost(None, protocol, {}, 0)
     measured = completed[completed["cost.step_s"].notna()]
     if measured.empty:
         return CellCost(None, protocol, {}, 0)
-    device = measured["cost.device"].value_counts().index[0]
+    devices = measured["cost.device"].value_counts()
+    device = prefer if prefer in devices else min(devices.index[devices == devices.max()])
     mine = measured[measured["cost.device"] == device]
     values = {
         field: float(mine[f"cost.{field}"].astype(float).median())

@@ -26,7 +26,7 @@ class Profile:
         return f"{name}{self.suffix}"
 
     def cells(self, target: str, overrides: Sequence[str] = ()) -> list[Cell]:
-        """The cells of `target` ("1" ... "5", "fig5"): its preset's sweep and any extra ones."""
+        """The cells of `target` ("1" ... "5", "ext", "fig5"): its preset's sweep and any extra ones."""
         return preset_cells(self.preset(target), (Part(), *self.extra_parts.get(target, ())), overrides)
 
 

@@ -154,17 +154,20 @@ class Entries:
         stats = {"std": stat.std, "n": stat.n, "status": status, "protocol": protocol_of_cell(cell)}
         self.add(row, column, "metric", metric, stat.mean, paper, **stats)
 
-    def counted(self, row: str, column: str, cell: Cell, **keys: object) -> None:
-        """Trainable backbone parameters, counted: millions (column "Params (M)") or percent."""
+    def counted(self, row: str, column: str, cell: Cell, metric: str | None = None, **keys: object) -> None:
+        """Trainable backbone parameters, counted: millions (`params_m`, the column "Params (M)"'s
+        default) or percent (`params_percent`)."""
         counts = count(cell.cfg)
-        metric = "params_m" if column == "Params (M)" else "params_percent"
+        metric = metric or ("params_m" if column == "Params (M)" else "params_percent")
         ours = counts["backbone_trainable"] / 1e6 if metric == "params_m" else counts["trainable_percent"]
         self.add(row, column, "count", metric, ours, self.paper_value(metric, **keys))
 
     def costs(self, row: str, prefix: str, cell: Cell, full: Cell | None, columns: Sequence[str]) -> None:
         """The cell's cost `columns` (COST_COLUMNS, RATIO_COLUMNS; ratios only where there is a Full)."""
-        mine = cell_cost(self.runs, cell.protocol, protocol_of_cell(cell))
         base = None if full is None else cell_cost(self.runs, full.protocol, protocol_of_cell(full))
+        mine = cell_cost(
+            self.runs, cell.protocol, protocol_of_cell(cell), prefer=base.device if base else None
+        )
         for column in columns:
             if column in RATIO_COLUMNS:
                 if base is None:
@@ -294,7 +297,7 @@ def cost_table(entries: Entries, cells: Sequence[Cell]) -> str:
     for cell in cells:
         method, dataset = cell.cfg.method.name, cell.cfg.data.name
         row, prefix = label(method), f"{entries.dataset_label(dataset)} "
-        entries.counted(row, f"{prefix}Params (M)", cell, dataset=dataset, method=method)
+        entries.counted(row, f"{prefix}Params (M)", cell, metric="params_m", dataset=dataset, method=method)
         entries.costs(row, prefix, cell, fulls.get(dataset), COST_TABLE_COLUMNS)
     return "Method"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -42,14 +42,15 @@ class TradeOff:
     missing: list[str]  # "<dataset>: <method>" of the cells drawn without a point
 
 
-def points(cells: Sequence[Cell], runs: pd.DataFrame, metric: str) -> list[Point]:
-    """One point per cell with a completed run: mean `metric`, counted parameters, median peak memory."""
+def points(cells: Sequence[Cell], runs: pd.DataFrame, metric: str, device: str | None = None) -> list[Point]:
+    """One point per cell with a completed run: mean `metric`, counted parameters, median peak memory
+    (of its runs on `device` where it has some)."""
     found = []
     for cell in cells:
         stat = cell_runs(runs, cell.protocol).stat(metric)
         if not stat.n:
             continue
-        cost = cell_cost(runs, cell.protocol, protocol_of_cell(cell))
+        cost = cell_cost(runs, cell.protocol, protocol_of_cell(cell), prefer=device)
         found.append(
             Point(
                 label(cell.cfg.method.name),
@@ -60,6 +61,15 @@ def points(cells: Sequence[Cell], runs: pd.DataFrame, metric: str) -> list[Point
             )
         )
     return found
+
+
+def reference_device(cells: Sequence[Cell], runs: pd.DataFrame) -> str | None:
+    """The device whose memory a panel shows: Full's, else the one most of the cells' costs come from."""
+    costs = {c.cfg.method.name: cell_cost(runs, c.protocol, protocol_of_cell(c)) for c in cells}
+    if "full" in costs and costs["full"].device:
+        return costs["full"].device
+    measured = sorted(cost.device for cost in costs.values() if cost.device)
+    return max(measured, key=measured.count) if measured else None
 
 
 def draw(axes: Axes, found: list[Point], x: str) -> None:
@@ -86,31 +96,35 @@ def write_tradeoff(cells: Sequence[Cell], runs: pd.DataFrame, stem: Path, preset
     figure = Figure(figsize=(9, 3.2 * len(datasets) + 0.8))
     FigureCanvasAgg(figure)
     grid = figure.subplots(len(datasets), len(AXES), squeeze=False)
-    missing, devices = [], set()
+    missing, elsewhere = [], []
     for row, dataset in zip(grid, datasets, strict=True):
         mine = [cell for cell in cells if cell.cfg.data.name == dataset]
         metric = TASK_METRICS[mine[0].cfg.data.task][0]
-        found = points(mine, runs, metric)
+        device = reference_device(mine, runs)
+        found = points(mine, runs, metric, device)
         shown = {p.method for p in found}
         missing += [
             f"{label(dataset)}: {label(c.cfg.method.name)}"
             for c in mine
             if label(c.cfg.method.name) not in shown
         ]
-        devices |= {p.device for p in found if p.device}
+        # Memory from one device only: a point measured on another has none in that panel.
+        elsewhere += [
+            f"{label(dataset)}: {p.method} ({p.device})" for p in found if p.device not in (device, None)
+        ]
+        on_device = [p if p.device == device else replace(p, peak_mem_mb=math.nan) for p in found]
         for axes, (x, title) in zip(row, AXES, strict=True):
-            draw(axes, found, x)
-            axes.set_xlabel(title, fontsize=8)
+            draw(axes, on_device, x)
+            axes.set_xlabel(f"{title} on {device}" if x == "peak_mem_mb" and device else title, fontsize=8)
             axes.set_ylabel(f"{label(dataset)} {label(metric)}", fontsize=8)
             axes.tick_params(labelsize=7)
     caption = (
         f"Trade-offs (preset {preset}): the mean metric over seeds against trainable backbone parameters "
-        "(counted) and the median peak memory of the runs; filled, joined points: the Pareto front."
+        "(counted) and the median peak memory of the runs on one device (Full's); filled, joined points: "
+        "the Pareto front."
     )
-    if len(devices) > 1:
-        caption += (
-            f" Peak memory from runs on different devices ({', '.join(sorted(devices))}): not comparable."
-        )
+    if elsewhere:
+        caption += f" Memory measured on another device, not drawn: {'; '.join(elsewhere)}."
     if missing:
         caption += f" No completed run: {'; '.join(missing)}."
     figure.text(0.02, 0.005, textwrap.fill(caption, 140), fontsize=6, va="bottom")
