@@ -15,10 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A seconds-long embedded run: 256 training scenes, 2 epochs, no progress bar.
 SMOKE = ["experiment=smoke", "trainer.threads=1"]
-# Two RetinaNet steps on a few 64 px detection scenes: a method's run end to end, in seconds.
-TINY_DETECTION = [
-    "dataset=shapes_det",
-    "backbone=swin_micro",
+# A few 64 px detection scenes, for RetinaNet runs that take seconds.
+TINY_DETECTION_DATA = [
     "data.train_size=4",
     "data.val_size=2",
     "data.test_size=2",
@@ -26,9 +24,15 @@ TINY_DETECTION = [
     "data.image_size=64",
     "head.min_size=[64]",
     "head.max_size=64",
+    "trainer.threads=1",
+]
+# Two RetinaNet steps on them: a method's run end to end.
+TINY_DETECTION = [
+    "dataset=shapes_det",
+    "backbone=swin_micro",
+    *TINY_DETECTION_DATA,
     "trainer.max_steps=2",
     "trainer.epochs=1",
-    "trainer.threads=1",
 ]
 
 

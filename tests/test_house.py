@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, records, run_cli
+from conftest import REPO, TINY_DETECTION_DATA, records, run_cli
 from hydra import compose
 from hydra.errors import ConfigCompositionException
 
@@ -56,17 +56,7 @@ def test_retinanet_freezes_the_stage_norm_it_does_not_read() -> None:
 def test_record_params_and_table_count_the_same_on_detection(results_dir: Path) -> None:
     """BitFit and NormTuning on the detection scenes: the record's trainable count, `params`'s and
     Table 2's (whose cells were 32 apart when the detector froze the stage-0 norm by itself)."""
-    tiny = [
-        "data.train_size=4",
-        "data.val_size=2",
-        "data.test_size=2",
-        "data.batch_size=2",
-        "data.image_size=64",
-        "head.min_size=[64]",
-        "head.max_size=64",
-        "trainer.max_steps=1",
-        "trainer.threads=1",
-    ]
+    tiny = [*TINY_DETECTION_DATA, "trainer.max_steps=1"]
     result = run_cli(
         "-m", "experiment=table2_mini", "method=bitfit,normtuning", *tiny, results_dir=results_dir
     )
