@@ -6,7 +6,8 @@ All methods' models live side by side and are timed in an interleaved, rotating 
 drift of the machine (other load, thermal state) hits every method alike; the table reports
 medians and ratios to Full. One CSV row per method, with a run record's cost fields: step time and
 training images per second, inference images per second, peak memory, the delta checkpoint's bytes
-(the trainable state, serialised as a run's `model.safetensors`), device and precision.
+(the trainable state, serialised as a run's `model.safetensors`), device and precision. Inference
+runs as evaluation runs it: with every mergeable update merged (`peft_bench.methods.merged`).
 
 Each candidate is on the device only while it is measured (the others wait on the CPU), under the
 autocast of training (`--precision`, as `trainer.precision`). Peak memory: on CUDA,
@@ -40,7 +41,7 @@ from peft_bench.engine.distributed import resolve_device
 from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.precision import Autocast, autocast, resolve_precision
 from peft_bench.errors import UserError
-from peft_bench.methods import METHODS
+from peft_bench.methods import METHODS, merged
 from peft_bench.models.base import TaskModel
 from peft_bench.registry import config_session, load_plugins
 from peft_bench.results.atomic import write_text_atomic
@@ -83,7 +84,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], None], device: torch.device) -> float:
+def timed(fn: Callable[[], None], device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
     fn()
@@ -181,7 +182,8 @@ def measure(
         with on_device(c, device):
             for _ in range(warmup):
                 _train_step(c, images, targets, amp)
-                _infer(c, images, amp)
+                with merged(c.model):
+                    _infer(c, images, amp)
             if device.type == "cuda":  # as a run measures it (engine.cost), over one step
                 reset_peak_memory(device)
                 _train_step(c, images, targets, amp)
@@ -193,8 +195,9 @@ def measure(
         shift = r % len(candidates)  # rotate the order: no method always runs first or last
         for c in candidates[shift:] + candidates[:shift]:
             with on_device(c, device):
-                c.step_s.append(_timed(lambda c=c: _train_step(c, images, targets, amp), device))
-                c.infer_s.append(_timed(lambda c=c: _infer(c, images, amp), device))
+                c.step_s.append(timed(lambda c=c: _train_step(c, images, targets, amp), device))
+                with merged(c.model):  # as evaluation runs it; the merge itself is not timed
+                    c.infer_s.append(timed(lambda c=c: _infer(c, images, amp), device))
 
 
 def table(
@@ -237,17 +240,17 @@ def table(
     return rows
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(rows: list[dict], columns: list[str] = COLUMNS) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
 
 
-def to_markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+def to_markdown(rows: list[dict], columns: list[str] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 

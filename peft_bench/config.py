@@ -257,6 +257,8 @@ class TrainerConfig:
     resume: Resume = Resume.auto
     progress: bool = True  # a tqdm progress bar
     threads: int | None = None  # torch CPU threads; None: torch's default
+    compile: bool = False  # torch.compile the task model's training forward (`nn.Module.compile`)
+    compile_backend: str = "inductor"  # torch.compile's; aot_eager: the graph capture without codegen
 
 
 @dataclass

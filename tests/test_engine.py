@@ -3,12 +3,14 @@ checkpoint contents, protocol identity, the no-grad prefix."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMOKE, records, run_cli
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -18,6 +20,8 @@ from peft_bench.engine.checkpoint import trainable_state
 from peft_bench.engine.distributed import ShardSampler
 from peft_bench.engine.optim import parameter_groups
 from peft_bench.engine.schedules import warmup_cosine
+from peft_bench.engine.trainer import compile_in_place
+from peft_bench.errors import UserError
 from peft_bench.methods import METHODS, build_method
 from peft_bench.methods.mona import MonaConfig
 from peft_bench.models.classifier import ClassificationModel
@@ -128,3 +132,28 @@ def test_no_autograd_graph_below_the_first_trainable_tensor(method: str, grad_st
     assert [i for i, s in enumerate(stages) if s.requires_grad] == grad_stages
     # Partial-1 trains layers.3.blocks.1 only: the block before it runs without a graph.
     assert last_stage_first_block[0].requires_grad == (method == "full")
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_the_eager_loss_curve(tmp_path: Path) -> None:
+    """`trainer.compile=true` trains the same model: the same losses step by step, the same run id.
+
+    The aot_eager backend captures the whole training graph and its autograd as inductor would, without
+    generating kernels (minutes of C++ compilation on this CPU)."""
+    overrides = [*SMOKE, "method=mona", "trainer.max_steps=4", "trainer.epochs=1"]
+    compiled = [*overrides, "trainer.compile=true", "trainer.compile_backend=aot_eager"]
+    runs = {}
+    for name, args in (("eager", overrides), ("compiled", compiled)):
+        result = run_cli(*args, results_dir=tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        [record] = records(tmp_path / name)
+        with open(tmp_path / name / "runs" / record["run_id"] / "history.csv") as f:
+            runs[name] = (record["run_id"], [float(row["loss"]) for row in csv.DictReader(f)])
+    (eager_id, eager_losses), (compiled_id, compiled_losses) = runs["eager"], runs["compiled"]
+    assert compiled_id == eager_id and len(eager_losses) == 4
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+
+
+def test_an_unknown_compile_backend_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(UserError, match=r"trainer.compile_backend='inductr'.*inductor"):
+        compile_in_place(nn.Linear(2, 2), "inductr")

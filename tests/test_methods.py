@@ -6,6 +6,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -226,8 +227,9 @@ def test_lorand_fixed_bottleneck(big_backbones: dict[str, SwinBackbone]) -> None
     assert trainable_count(backbone) == expected == 1_304_832
 
 
-def reference_mona(module: MonaModule, x: torch.Tensor) -> torch.Tensor:
-    """docs/methods.md's Mona written out op by op, with three separate depthwise convs."""
+def reference_mona(module: MonaModule, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """docs/methods.md's Mona written out op by op, with three separate depthwise convs; `keep` is a
+    dropout mask (kept elements scaled by 1 / (1 - p)), None in evaluation."""
     b = module.bottleneck
     z = F.layer_norm(x, x.shape[-1:], module.norm.weight, module.norm.bias) * module.gamma + x * module.gammax
     u = F.linear(z, b.down.weight, b.down.bias).permute(0, 3, 1, 2)
@@ -238,6 +240,8 @@ def reference_mona(module: MonaModule, x: torch.Tensor) -> torch.Tensor:
     u = u + (convs[0] + convs[1] + convs[2]) / 3
     u = u + F.conv2d(u, b.mid.pointwise.weight, b.mid.pointwise.bias)
     h = F.gelu(u.permute(0, 2, 3, 1))
+    if keep is not None:
+        h = h * keep / (1 - b.drop.p)
     return x + F.linear(h, b.up.weight, b.up.bias)
 
 
@@ -272,6 +276,54 @@ def test_mona_merged_conv_agrees_with_three_convs() -> None:
     for conv_merged, conv_separate in pairs:
         torch.testing.assert_close(conv_merged.weight.grad, conv_separate.weight.grad)
         torch.testing.assert_close(conv_merged.bias.grad, conv_separate.bias.grad)
+
+
+def gradients(module: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]) -> list:
+    """The gradients of a fixed random projection of `forward(x)` for x and every parameter."""
+    x = x.clone().requires_grad_()
+    module.zero_grad()
+    out = forward(x)
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+    return [x.grad, *(p.grad.clone() for p in module.parameters())]
+
+
+@pytest.mark.parametrize("scalar_scales", [False, True])
+def test_mona_fast_path_has_the_plain_formulas_gradients(scalar_scales: bool) -> None:
+    """The fused scaled LayerNorm, the folded biases and the 1x1 conv as a matmul change no gradient."""
+    torch.manual_seed(0)
+    module = MonaModule(48, 16, dropout=0.1, scalar_scales=scalar_scales, merged_conv=True).eval()
+    with torch.no_grad():
+        module.gamma.normal_()
+        module.gammax.normal_()
+    x = torch.randn(2, 7, 9, 48)
+    fast, plain = gradients(module, x, module), gradients(module, x, lambda t: reference_mona(module, t))
+    assert len(fast) == len(list(module.parameters())) + 1
+    for got, expected in zip(fast, plain, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mona_dropout_keeps_one_minus_p_and_rescales() -> None:
+    """Training: each bottleneck activation is kept with probability 1 - p, the kept ones scaled by
+    1 / (1 - p); the mask is `rand >= p`, drawn from the default generator."""
+    module = random_mona(merged=True).train()
+    x = torch.randn(4, 14, 14, 48)
+    torch.manual_seed(7)
+    out = module(x)
+    torch.manual_seed(7)
+    keep = torch.rand(4, 14, 14, 16) >= 0.1
+    torch.testing.assert_close(out, reference_mona(module, x, keep))
+    assert keep.float().mean().item() == pytest.approx(0.9, abs=0.01)
+
+
+def test_mona_under_bf16_autocast_keeps_its_layernorm_in_fp32() -> None:
+    module = random_mona(merged=True)
+    x = torch.randn(2, 7, 9, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = module(x), reference_mona(module, x)
+        out.float().sum().backward()
+    assert out.dtype == expected.dtype == torch.float32  # the residual stream stays fp32
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.parameters())
 
 
 def test_mona_scalar_scales_count() -> None:

@@ -39,6 +39,7 @@ from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.precision import autocast, grad_scaler, resolve_precision
 from peft_bench.engine.schedules import build_scheduler
 from peft_bench.errors import TrainingDiverged, UserError
+from peft_bench.methods.merge import merged
 from peft_bench.metrics.base import Evaluator
 from peft_bench.models.base import TaskModel
 
@@ -123,6 +124,18 @@ def data_workers(requested: int | None, device: torch.device, world_size: int) -
     return max(0, min(8, (os.cpu_count() or 1) // world_size - 1))
 
 
+def compile_in_place(model: nn.Module, backend: str) -> None:
+    """torch.compile `model`'s forward (the training step's graph) in place, so that its state dict keeps
+    its keys; evaluation's `predict` stays eager. An unknown backend is refused before any step."""
+    known = torch.compiler.list_backends(exclude_tags=())
+    if backend not in known:
+        raise UserError(
+            f"trainer.compile_backend={backend!r} is not a torch.compile backend here. Known: "
+            f"{', '.join(sorted(known))} (inductor generates kernels; aot_eager only captures the graph)."
+        )
+    model.compile(backend=backend)
+
+
 def to_device(obj: Any, device: torch.device) -> Any:
     """Move tensors, and tensors nested in lists, tuples and dicts, to `device`."""
     if isinstance(obj, torch.Tensor):
@@ -200,6 +213,8 @@ class Trainer:
             # batch statistics noisy, and undefined on UperNet's 1x1 pooled map. (CUDA only:
             # SyncBatchNorm has no CPU kernels.) The parameters and state-dict keys stay the same.
             nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.compile:
+            compile_in_place(model, cfg.compile_backend)
         train_loader = self._train_loader(data.train, data.collate_fn)
         val_loader = None if data.val is None else self._eval_loader(data.val, data.collate_fn)
         steps_per_epoch = len(train_loader)
@@ -388,9 +403,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, model: TaskModel, loader: DataLoader, evaluator: Evaluator) -> dict[str, float]:
+        """The metrics of `model` on `loader`, its mergeable updates merged (the deployed model's cost)."""
         model.eval()
         evaluator.reset()
-        with self.eval_throughput.timing():
+        with merged(model), self.eval_throughput.timing():
             for images, targets in loader:
                 with self.autocast():
                     predictions = model.predict(to_device(images, self.device))

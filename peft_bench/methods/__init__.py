@@ -18,17 +18,20 @@ from peft_bench.methods import (  # noqa: F401
     vpt,
 )
 from peft_bench.methods.base import METHODS, BlockInsertion, Method, build_method, freeze, register_method
+from peft_bench.methods.merge import Mergeable, merged
 
 __all__ = [
     "METHODS",
     "BlockInsertion",
     "BlockSlots",
     "Branches",
+    "Mergeable",
     "Method",
     "MethodConfig",
     "SideNetwork",
     "build_method",
     "freeze",
+    "merged",
     "register_method",
     "slots_of",
 ]

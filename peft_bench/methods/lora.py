@@ -12,6 +12,7 @@ from torch import nn
 
 from peft_bench.config import MethodConfig
 from peft_bench.methods.base import BlockInsertion, register_method
+from peft_bench.methods.merge import Mergeable
 
 
 @dataclass
@@ -28,7 +29,7 @@ def _low_rank_pair(dim: int, rank: int, like: torch.Tensor) -> tuple[nn.Paramete
     return a, b
 
 
-class LoRAQKV(nn.Linear):
+class LoRAQKV(Mergeable, nn.Linear):
     """timm's fused qkv projection (m -> 3m, rows q, k, v) plus `scale * B A` on q and v only.
 
     The frozen weight and bias are the original Parameter objects, so their state-dict names
@@ -70,6 +71,9 @@ class LoRAQKV(nn.Linear):
         if not self.merged:
             self.weight += self.delta_weight()
             self.merged = True
+
+    def merge_targets(self) -> list[torch.Tensor]:
+        return [self.weight]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.a_q.shape[0]}, scale={self.scale}, merged={self.merged}"

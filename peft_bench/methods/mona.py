@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +32,12 @@ class MonaConfig(MethodConfig):
 
 
 class MultiCognitiveFilter(nn.Module):
-    """Mona's filters on the (B, H, W, n) bottleneck tokens, seen as a (B, n, H, W) map.
+    """Mona's filters on (B, H, W, n) bottleneck tokens, seen as a (B, n, H, W) map.
 
-    `u = u + mean(dw3(u), dw5(u), dw7(u))`, then `u = u + conv1x1(u)`.
+    `u = u + mean(dw3(u), dw5(u), dw7(u))`, then `u = u + conv1x1(u)`. The fast path keeps the
+    tokens channels-last throughout: the depthwise convs read the (B, n, H, W) view of the tokens
+    with its channels-last strides (no copy), and the 1x1 conv and its skip are one matmul on the
+    tokens, `u (W + I)^T + b`, with the same parameters and gradients as the conv.
     """
 
     def __init__(self, channels: int, merged: bool) -> None:
@@ -43,6 +47,7 @@ class MultiCognitiveFilter(nn.Module):
         )
         self.pointwise = nn.Conv2d(channels, channels, 1)
         self.merged = merged
+        self.register_buffer("identity", torch.eye(channels), persistent=False)
 
     def merged_depthwise(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The 7x7 kernel and bias of one depthwise conv equal to the mean of the three.
@@ -57,20 +62,55 @@ class MultiCognitiveFilter(nn.Module):
         bias = torch.stack([conv.bias for conv in self.depthwise]).mean(dim=0)
         return weight, bias
 
-    def _mean_depthwise(self, u: torch.Tensor) -> torch.Tensor:
+    def _mean_depthwise(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean of the three depthwise convs of `u`, without their bias, and that bias."""
         if self.merged:
             weight, bias = self.merged_depthwise()
-            return F.conv2d(u, weight, bias, padding=weight.shape[-1] // 2, groups=u.shape[1])
-        return torch.stack([conv(u) for conv in self.depthwise]).mean(dim=0)
+            return F.conv2d(u, weight, padding=weight.shape[-1] // 2, groups=u.shape[1]), bias
+        maps = [F.conv2d(u, conv.weight, padding=conv.padding, groups=u.shape[1]) for conv in self.depthwise]
+        return sum(maps) / len(maps), sum(conv.bias for conv in self.depthwise) / len(maps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = x.permute(0, 3, 1, 2)
-        u = u + self._mean_depthwise(u)
-        u = u + self.pointwise(u)
-        return u.permute(0, 2, 3, 1)
+        depthwise, depthwise_bias = self._mean_depthwise(u)
+        u = (u + depthwise).permute(0, 2, 3, 1)
+        pointwise = self.pointwise.weight.flatten(1) + self.identity  # the skip, inside the matmul
+        # The depthwise bias rides the matmul too, `(u + c)(W + I)^T + b = u (W + I)^T + (b + (W + I) c)`:
+        # a conv without bias has a cheaper backward.
+        return F.linear(u, pointwise, torch.addmv(self.pointwise.bias, pointwise, depthwise_bias))
 
     def extra_repr(self) -> str:
         return f"merged={self.merged}"
+
+
+class ScaledLayerNorm(torch.autograd.Function):
+    """`LN(x; weight, bias) + x * gammax` in fp32 (as autocast runs a LayerNorm), in one pass over the
+    tokens forward and three backward, where autograd's composition makes two and five."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gammax: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            z, mean, rstd = torch.native_layer_norm(x, x.shape[-1:], weight, bias, eps)
+            z.addcmul_(x, gammax)
+        ctx.save_for_backward(x, weight, bias, gammax, mean, rstd)
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, bias, gammax, mean, rstd = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias, needs_gammax, _ = ctx.needs_input_grad
+        with torch.autocast(grad.device.type, enabled=False):
+            grad = grad.float()
+            grad_x, grad_weight, grad_bias = torch.ops.aten.native_layer_norm_backward(
+                grad, x, x.shape[-1:], mean, rstd, weight, bias, [needs_x, needs_weight, needs_bias]
+            )
+            if needs_x:
+                grad_x.addcmul_(grad, gammax)
+            grad_gammax = (grad * x).sum_to_size(gammax.shape) if needs_gammax else None
+        return grad_x, grad_weight, grad_bias, grad_gammax, None
 
 
 class MonaModule(nn.Module):
@@ -78,6 +118,11 @@ class MonaModule(nn.Module):
 
     Init as the reference code: gamma 1e-6, gammax 1, Linear layers trunc-normal(std 0.02) with
     zero bias, convs PyTorch's default; not zero-initialised.
+
+    The forward is the formula's, with fewer passes over the (B, H, W, m) tokens: gamma scales the
+    LayerNorm's affine (m values) instead of its output, fused with `+ x * gammax`
+    (`ScaledLayerNorm`), and dropout's 1/(1 - p) scales `up`'s weight instead of the activations,
+    so the mask is a single multiply.
     """
 
     def __init__(self, dim: int, hidden: int, dropout: float, scalar_scales: bool, merged_conv: bool) -> None:
@@ -92,7 +137,23 @@ class MonaModule(nn.Module):
         trunc_normal_linears(self.bottleneck)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.bottleneck(self.norm(x) * self.gamma + x * self.gammax)
+        norm, bottleneck = self.norm, self.bottleneck
+        weight, bias = norm.weight * self.gamma, norm.bias * self.gamma
+        z = ScaledLayerNorm.apply(x, weight, bias, self.gammax, norm.eps)
+        h = bottleneck.act(bottleneck.mid(bottleneck.down(z)))
+        return x + dropout_linear(h, bottleneck.up, bottleneck.drop.p if self.training else 0.0)
+
+
+def dropout_linear(h: torch.Tensor, linear: nn.Linear, p: float) -> torch.Tensor:
+    """`linear(dropout(h, p))`, the 1/(1 - p) rescaling folded into the (out, in) weight.
+
+    Each element of `h` is kept with probability 1 - p, as `nn.Dropout`; the mask is drawn in fp32
+    whatever the dtype of `h` (a bf16 draw would round p).
+    """
+    if not p:
+        return linear(h)
+    keep = torch.rand(h.shape, device=h.device) >= p
+    return F.linear(h * keep, linear.weight / (1 - p), linear.bias)
 
 
 @register_method("mona", label="Mona")

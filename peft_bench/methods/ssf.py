@@ -13,6 +13,7 @@ from torch import nn
 from peft_bench.backbones.swin import SwinBackbone
 from peft_bench.config import MethodConfig
 from peft_bench.methods.base import Method, freeze, register_method
+from peft_bench.methods.merge import Mergeable
 
 
 @dataclass
@@ -22,7 +23,7 @@ class SSFConfig(MethodConfig):
     init_std: float = 0.02
 
 
-class ScaleShift(nn.Module):
+class ScaleShift(Mergeable, nn.Module):
     """Mixin for a frozen Linear, Conv2d or LayerNorm: `scale * f(x) + shift` per output channel.
 
     The wrapper takes over the module's weight and bias Parameters, so their state-dict names
@@ -70,6 +71,9 @@ class ScaleShift(nn.Module):
             self.weight.mul_(self.scale.view(-1, *(1,) * (self.weight.dim() - 1)))
             self.bias.mul_(self.scale).add_(self.shift)
             self.merged = True
+
+    def merge_targets(self) -> list[torch.Tensor]:
+        return [self.weight, self.bias]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, ssf, merged={self.merged}"

@@ -30,6 +30,8 @@ NON_PROTOCOL_KEYS = (
     "trainer.device",
     "trainer.threads",
     "trainer.progress",
+    "trainer.compile",
+    "trainer.compile_backend",
     "trainer.resume",
     "trainer.log_every",
     "data.root",
