@@ -198,6 +198,24 @@ def check_fp16_loss_scale(device: torch.device) -> str:
     return f"scales {scales[0]:g}-{scales[-1]:g}, {record['skipped_steps']} skipped steps"
 
 
+def check_compile(device: torch.device) -> str:
+    """`trainer.compile=true` (inductor) on CUDA: the compiled steps' losses follow eager's (LoRA, which
+    has no dropout, so both draw nothing; within autocast's rounding)."""
+    needs_cuda(device)
+    overrides = ["experiment=smoke", "method=lora", "trainer.max_steps=6", "trainer.device=cuda"]
+    losses = {}
+    for name, extra in (("eager", []), ("compiled", ["trainer.compile=true"])):
+        with tempfile.TemporaryDirectory() as results:
+            finished(cli(*overrides, *extra, f"paths.results_dir={results}"), f"the {name} run")
+            record = the_record(Path(results))
+            history = csv.DictReader((run_dir(results, record["run_id"]) / "history.csv").open())
+            losses[name] = [float(row["loss"]) for row in history]
+    pairs = list(zip(losses["compiled"], losses["eager"], strict=True))
+    worst = max(abs(compiled - eager) / abs(eager) for compiled, eager in pairs)
+    assert worst < 0.02, f"compiled losses {losses['compiled']} against eager's {losses['eager']}"
+    return f"{len(pairs)} steps, largest relative difference {worst:.2g}"
+
+
 def evaluate_delta(cfg, results: str, record: dict, device: torch.device) -> dict[str, float]:
     """The test metrics of the run's saved delta, evaluated by one process."""
     data = build_data(cfg)
@@ -243,6 +261,7 @@ CHECKS: dict[str, Callable[[torch.device], str]] = {
     "kill -9 and resume": check_kill_and_resume,
     "the CUDA bench": check_bench,
     "fp16 with a changing loss scale": check_fp16_loss_scale,
+    "torch.compile (inductor) against eager": check_compile,
     "torchrun on two GPUs against one GPU's evaluation of the delta": check_torchrun,
 }
 

@@ -54,7 +54,7 @@ class MultiCognitiveFilter(nn.Module):
 
         Each kernel is zero-padded to 7x7, then kernels and biases are averaged. Computed from the
         three kernels on every call, so gradients flow to them. The identity skip stays a
-        separate add: folded into the kernel's centre it would lose precision under bf16.
+        separate add.
         """
         size = max(KERNEL_SIZES)
         padded = [F.pad(conv.weight, [(size - conv.kernel_size[0]) // 2] * 4) for conv in self.depthwise]
@@ -74,7 +74,8 @@ class MultiCognitiveFilter(nn.Module):
         u = x.permute(0, 3, 1, 2)
         depthwise, depthwise_bias = self._mean_depthwise(u)
         u = (u + depthwise).permute(0, 2, 3, 1)
-        pointwise = self.pointwise.weight.flatten(1) + self.identity  # the skip, inside the matmul
+        # The skip, inside the matmul (under bf16 the diagonal 1 + w rounds to 2^-9, as the output does).
+        pointwise = self.pointwise.weight.flatten(1) + self.identity
         # The depthwise bias rides the matmul too, `(u + c)(W + I)^T + b = u (W + I)^T + (b + (W + I) c)`:
         # a conv without bias has a cheaper backward.
         return F.linear(u, pointwise, torch.addmv(self.pointwise.bias, pointwise, depthwise_bias))
@@ -84,8 +85,8 @@ class MultiCognitiveFilter(nn.Module):
 
 
 class ScaledLayerNorm(torch.autograd.Function):
-    """`LN(x; weight, bias) + x * gammax` in fp32 (as autocast runs a LayerNorm), in one pass over the
-    tokens forward and three backward, where autograd's composition makes two and five."""
+    """`LN(x; weight, bias) + x * gammax` in fp32 (as autocast runs a LayerNorm): two passes over the
+    tokens forward and three backward, where autograd's composition of the plain ops makes four and six."""
 
     @staticmethod
     def forward(
