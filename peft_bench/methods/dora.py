@@ -50,12 +50,9 @@ class DoRAQKV(LoRAQKV):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight if self.merged else self.dora_weight(), self.bias)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Write `dora_weight()` into the frozen weight: forward becomes the plain linear map."""
-        if not self.merged:
-            self.weight.copy_(self.dora_weight())
-            self.merged = True
+    def fold(self) -> None:
+        """`dora_weight()` into the frozen weight."""
+        self.weight.copy_(self.dora_weight())
 
 
 @register_method("dora", label="DoRA")

@@ -44,7 +44,6 @@ class LoRAQKV(Mergeable, nn.Linear):
         self.scale = alpha / rank
         self.a_q, self.b_q = _low_rank_pair(qkv.in_features, rank, qkv.weight)
         self.a_v, self.b_v = _low_rank_pair(qkv.in_features, rank, qkv.weight)
-        self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = super().forward(x)
@@ -61,16 +60,9 @@ class LoRAQKV(Mergeable, nn.Linear):
         delta_v = self.b_v @ self.a_v
         return self.scale * torch.cat((delta_q, torch.zeros_like(delta_q), delta_v))
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the update into the frozen weight: forward becomes the plain linear map.
-
-        For inference: the merged weight is then what `attn.qkv.weight` holds, and further
-        training of A and B would no longer reach the output.
-        """
-        if not self.merged:
-            self.weight += self.delta_weight()
-            self.merged = True
+    def fold(self) -> None:
+        """`scale * B A` into the frozen weight: the merged weight is then what `attn.qkv.weight` holds."""
+        self.weight += self.delta_weight()
 
     def merge_targets(self) -> list[torch.Tensor]:
         return [self.weight]

@@ -19,15 +19,24 @@ from torch import nn
 class Mergeable(ABC):
     """Mixin for a module whose trainable update can be folded into frozen tensors it owns."""
 
-    merged: bool  # True: forward is the plain module's, with the update already in its tensors
+    merged: bool = False  # True: forward is the plain module's, with the update already in its tensors
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the frozen tensors, in place, once; forward becomes the plain module's.
+
+        For inference: further training of the update would no longer reach the output."""
+        if not self.merged:
+            self.fold()
+            self.merged = True
 
     @abstractmethod
-    def merge(self) -> None:
-        """Fold the update into the frozen tensors, in place, and set `merged`."""
+    def fold(self) -> None:
+        """Write the update into the tensors of `merge_targets` (called without autograd)."""
 
     @abstractmethod
     def merge_targets(self) -> list[torch.Tensor]:
-        """The tensors `merge` overwrites."""
+        """The tensors `fold` overwrites."""
 
 
 @contextmanager

@@ -49,7 +49,6 @@ class ScaleShift(Mergeable, nn.Module):
         self.shift = nn.Parameter(torch.empty_like(self.scale))
         nn.init.normal_(self.scale, mean=1.0, std=std)
         nn.init.normal_(self.shift, mean=0.0, std=std)
-        self.merged = False
 
     def _per_channel(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(-1, *(1,) * self.channel_dims)
@@ -62,15 +61,10 @@ class ScaleShift(Mergeable, nn.Module):
         scale, shift = (self._per_channel(t).to(out.dtype) for t in (self.scale, self.shift))
         return out * scale + shift
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold into the frozen tensors: `weight' = scale * weight` (per output row), `bias' = scale * bias
-        + shift`; forward becomes the plain module's. For inference: the scale and shift then no
-        longer reach the output."""
-        if not self.merged:
-            self.weight.mul_(self.scale.view(-1, *(1,) * (self.weight.dim() - 1)))
-            self.bias.mul_(self.scale).add_(self.shift)
-            self.merged = True
+    def fold(self) -> None:
+        """`weight' = scale * weight` (per output row), `bias' = scale * bias + shift`."""
+        self.weight.mul_(self.scale.view(-1, *(1,) * (self.weight.dim() - 1)))
+        self.bias.mul_(self.scale).add_(self.shift)
 
     def merge_targets(self) -> list[torch.Tensor]:
         return [self.weight, self.bias]
