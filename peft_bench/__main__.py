@@ -10,7 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from peft_bench.errors import TrainingDiverged, UserError
-from peft_bench.registry import register_configs
+from peft_bench.plugins import register_configs
 
 register_configs()
 

@@ -36,14 +36,14 @@ from hydra import compose
 from peft_bench.builder import build_task_model
 from peft_bench.config import Device, Precision
 from peft_bench.delta import serialized_delta
+from peft_bench.engine.contract import TaskModel
 from peft_bench.engine.cost import peak_memory, reset_peak_memory
 from peft_bench.engine.distributed import resolve_device
 from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.precision import Autocast, autocast, resolve_precision
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS, merged
-from peft_bench.models.base import TaskModel
-from peft_bench.registry import config_session, load_plugins
+from peft_bench.plugins import config_session, load_plugins
 from peft_bench.results.atomic import write_text_atomic
 
 COLUMNS = [

@@ -12,13 +12,12 @@ from typing import TypeVar
 
 from omegaconf import OmegaConf
 
-from peft_bench.backbones import build_backbone
-from peft_bench.backbones.swin import SwinBackbone, swin_spec
+from peft_bench.backbones import Backbone, backbone_entry, build_backbone
 from peft_bench.config import Config
 from peft_bench.data.base import TaskData
+from peft_bench.engine.contract import TaskModel
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS, build_method
-from peft_bench.models.base import TaskModel
 from peft_bench.tasks import DATASETS, HEADS, TASKS, Task
 from peft_bench.tasks.base import DatasetEntry, Head
 
@@ -67,7 +66,7 @@ def check_choices(cfg: Config) -> Task:
     dataset_of(cfg)
     head_of(cfg)
     METHODS.lookup(cfg.method.name)
-    swin_spec(cfg.backbone.name)
+    backbone_entry(cfg.backbone.name)
     return task_of(cfg)
 
 
@@ -77,9 +76,9 @@ def build_data(cfg: Config) -> TaskData:
 
 
 def build_tuned_backbone(
-    cfg: Config, *, pretrained: bool = True, on_base: Callable[[SwinBackbone], None] | None = None
-) -> SwinBackbone:
-    """The Swin with its weights and the norms its head reads; `on_base` sees it then, untouched by
+    cfg: Config, *, pretrained: bool = True, on_base: Callable[[Backbone], None] | None = None
+) -> Backbone:
+    """The backbone with its weights and the norms its head reads; `on_base` sees it then, untouched by
     tuning (the delta's fingerprint); then the method, the frozen stages, and the output norms that
     feed nothing frozen. `pretrained=False` loads no weights (counts on the meta device)."""
     head = head_of(cfg)
@@ -90,10 +89,11 @@ def build_tuned_backbone(
     build_method(cfg.method).apply(backbone)
     backbone.freeze_stages(cfg.backbone.frozen_stages)
     if head.dense:
-        # A stage whose map the head does not read (RetinaNet's stage 0: the reference Swin has no
-        # norm0 there) keeps a norm that gets no gradient, which would stall DDP's reduction.
-        for stage, norm in enumerate(backbone.output_norms):
-            if stage not in head.stages:
+        # A map that no level the head reads is made from (RetinaNet's stage 0: the reference
+        # backbone has no norm0 there) keeps a norm that gets no gradient, which would stall DDP.
+        read = {backbone.level_maps[level] for level in head.stages}
+        for index, norm in enumerate(backbone.output_norms):
+            if index not in read:
                 norm.requires_grad_(False)
     return backbone
 
@@ -103,7 +103,7 @@ def build_task_model(
     num_classes: int,
     *,
     pretrained: bool = True,
-    on_base: Callable[[SwinBackbone], None] | None = None,
+    on_base: Callable[[Backbone], None] | None = None,
 ) -> TaskModel:
     """The configured task model over `num_classes` classes on a tuned backbone (`build_tuned_backbone`)."""
     backbone = build_tuned_backbone(cfg, pretrained=pretrained, on_base=on_base)

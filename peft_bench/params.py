@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from peft_bench.accounting import parameter_counts
 from peft_bench.errors import UserError
-from peft_bench.registry import register_configs
+from peft_bench.plugins import register_configs
 
 register_configs()
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save
 
 from peft_bench.errors import TrainingDiverged, UserError
-from peft_bench.registry import register_configs
+from peft_bench.plugins import register_configs
 from peft_bench.results.atomic import write_atomic, write_json_atomic
 from peft_bench.results.store import run_dir
 

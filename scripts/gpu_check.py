@@ -32,7 +32,7 @@ from peft_bench.delta import backbone_fingerprint, load_delta
 from peft_bench.engine.distributed import DistInfo
 from peft_bench.engine.precision import DTYPES, autocast, grad_scaler, native_bf16
 from peft_bench.engine.trainer import Trainer, to_device
-from peft_bench.registry import config_session
+from peft_bench.plugins import config_session
 from peft_bench.results.store import run_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -51,7 +51,7 @@ def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
 def dense_swin_t() -> list[SwinTransformerBlock]:
     torch.manual_seed(0)
     cfg = BackboneConfig(name="swin_t", weights="none", always_partition=True)
-    return [block for _, block in build_backbone(cfg, dynamic_size=True).blocks()]
+    return [block.module for block in build_backbone(cfg, dynamic_size=True).transformer_blocks()]
 
 
 @pytest.mark.parametrize(("height", "width"), [(10, 13), (12, 12), (16, 16), (7, 9), (32, 23)])

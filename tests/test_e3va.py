@@ -15,7 +15,7 @@ from torch import nn
 from peft_bench.backbones.swin import SwinBackbone, build_swin
 from peft_bench.methods.e3va import BlockAdapters
 from peft_bench.params import count
-from peft_bench.registry import config_session
+from peft_bench.plugins import config_session
 
 N = 64  # the adapters' bottleneck n
 

@@ -18,7 +18,8 @@ from peft_bench.config import Config, DataConfig, UperNetHeadConfig
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
 from peft_bench.params import count
-from peft_bench.registry import Registry, config_session
+from peft_bench.plugins import config_session
+from peft_bench.registry import Registry
 from peft_bench.report.__main__ import main as report
 from peft_bench.tasks import DATASETS, HEADS, TASKS
 
@@ -115,9 +116,9 @@ def test_registries_list_what_the_package_ships_and_refuse_a_second_entry_of_a_n
 
 
 def imports_of(path: Path, package: Path) -> set[str]:
-    """The package modules that a module imports at load time (not inside functions)."""
+    """The package modules that a module imports, at load time or inside a function."""
     found = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("peft_bench"):
             names = [f"{node.module}.{a.name}" for a in node.names]
             found.update(n if module_path(n, package) else node.module for n in names)
@@ -134,12 +135,18 @@ def module_path(name: str, package: Path) -> Path | None:
     return None
 
 
-def test_no_import_cycle_and_the_schema_imports_nothing_of_the_package() -> None:
+def import_graph() -> dict[str, set[str]]:
     package = REPO / "peft_bench"
     graph = {}
     for path in package.rglob("*.py"):
         name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
         graph[name] = {m for m in imports_of(path, package) if m != name}
+    return graph
+
+
+def test_no_import_cycle_and_the_schema_imports_nothing_of_the_package() -> None:
+    """Function-level imports included: a registry that imports what registers with it is a circle."""
+    graph = import_graph()
     assert graph["peft_bench.config"] == set()
 
     def parents(module: str) -> list[str]:  # importing a.b.c imports a.b and a first
@@ -161,6 +168,52 @@ def test_no_import_cycle_and_the_schema_imports_nothing_of_the_package() -> None
 
     for module in graph:
         visit(module, [])
+
+
+# The package's folders from the top floor down: a folder imports only folders below it.
+FLOORS = (
+    "report",
+    "methods",
+    "tasks",
+    "models",
+    "metrics",
+    "engine",
+    "data",
+    "backbones",
+    "layers",
+    "results",
+)
+
+
+def test_imports_run_downward_between_folders() -> None:
+    upward = []
+    for module, imported in import_graph().items():
+        folder = module.split(".")[1] if module.count(".") >= 2 else None
+        for target in imported:
+            below = target.split(".")[1] if target.count(".") >= 2 else None
+            if folder in FLOORS and below in FLOORS and FLOORS.index(below) < FLOORS.index(folder):
+                upward.append(f"{module} -> {target}")
+    assert not upward, "imports that run up a floor: " + ", ".join(sorted(upward))
+
+
+def test_methods_heads_tasks_and_the_builder_speak_to_the_contract_only() -> None:
+    """No method, head, task or the builder imports a backbone family or timm's models: they ask the
+    contract (`peft_bench.backbones.base`)."""
+    package = REPO / "peft_bench"
+    places = [*(package / d for d in ("methods", "models", "tasks")), package / "builder.py"]
+    files = [f for place in places for f in ([place] if place.is_file() else sorted(place.rglob("*.py")))]
+    families = ("peft_bench.backbones.swin", "peft_bench.backbones.vit", "timm.models")
+    reaching = [
+        f"{path.relative_to(REPO)}: {module}"
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom | ast.Import)
+        for module in (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+        )
+        if module.startswith(families)
+    ]
+    assert not reaching, reaching
 
 
 def test_a_config_directory_of_ones_own_adds_groups_through_the_search_path(tmp_path: Path) -> None:

@@ -16,13 +16,14 @@ from conftest import TINY_DETECTION, records, run_cli
 from hydra import compose
 from torch import nn
 
-from peft_bench.backbones.swin import SwinBackbone, build_swin, run_block, slots_of
+from peft_bench.backbones.swin import SwinBackbone, build_swin, run_block
+from peft_bench.layers.slots import slots_of
 from peft_bench.methods import METHODS
 from peft_bench.methods.lora import LoRAQKV
 from peft_bench.methods.lorand import LoRandLinear
 from peft_bench.methods.mona import KERNEL_SIZES, MonaModule
 from peft_bench.params import count
-from peft_bench.registry import config_session
+from peft_bench.plugins import config_session
 
 INSERTING = ("adapter", "lora", "adaptformer", "lorand", "mona")
 N = 64  # bottleneck n, and LoRA's rank r

@@ -56,7 +56,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def expected_prompts() -> int:
     """`TOKENS` tokens of each block's width, in every block of swin_micro."""
-    return TOKENS * sum(block.dim for _, block in build_swin("swin_micro").blocks())
+    return TOKENS * sum(block.dim for block in build_swin("swin_micro").transformer_blocks())
 
 
 def test_an_installed_plugin_method_runs_counts_benchmarks_and_reports(

@@ -27,7 +27,7 @@ from peft_bench.methods.adapter import AdapterConfig
 from peft_bench.methods.adaptformer import AdaptFormerConfig
 from peft_bench.methods.mona import MonaConfig
 from peft_bench.models.classifier import ClassificationModel
-from peft_bench.registry import config_session
+from peft_bench.plugins import config_session
 from peft_bench.report.grid import Cell
 from peft_bench.report.profiles import profile
 from peft_bench.results.protocol import protocol_hash, protocol_of

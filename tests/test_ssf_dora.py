@@ -17,7 +17,7 @@ from peft_bench.engine.optim import parameter_groups
 from peft_bench.methods.dora import DoRAQKV
 from peft_bench.methods.ssf import ScaleShift, SSFConv2d, SSFLayerNorm, SSFLinear
 from peft_bench.params import count
-from peft_bench.registry import config_session
+from peft_bench.plugins import config_session
 
 METHODS = ("ssf", "dora")
 # Trainable tensors per block of width m: SSF's scale and shift after norm1 (m), qkv (3m), proj (m),

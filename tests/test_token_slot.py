@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from peft_bench.backbones.swin import build_swin, run_block, slots_of
+from peft_bench.backbones.swin import build_swin, run_block
+from peft_bench.layers.slots import slots_of
 
 
 class Prefix(nn.Module):

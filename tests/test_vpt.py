@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from test_methods import ARCHS, applied, images, micro, trainable_count
 
-from peft_bench.backbones.swin import build_swin, run_block, slots_of
+from peft_bench.backbones.swin import build_swin, run_block
+from peft_bench.layers.slots import slots_of
 
 P = 49  # the reference's NUM_PROMPTS
 
@@ -36,7 +37,7 @@ def test_prompts_start_uniform_within_one_bound_from_the_stage0_width() -> None:
     """uniform(+-sqrt(6 / (3 * 4 * 4 + C))) in every block, C = 32 for swin_micro at every stage."""
     bound = math.sqrt(6 / (3 * 16 + 32))
     backbone = applied(micro(), "vpt", prompts=7)
-    for _, block in backbone.blocks():
+    for block in (b.module for b in backbone.transformer_blocks()):
         tokens = slots_of(block).attn_prefix.tokens
         assert tokens.shape == (7, block.dim)
         assert tokens.abs().max() <= bound and tokens.abs().max() > 0.9 * bound

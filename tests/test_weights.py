@@ -7,6 +7,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before timm imports huggingface_hub: the h
 import logging
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -14,9 +15,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from peft_bench.backbones import build_backbone, weights
-from peft_bench.backbones.swin import SwinBackbone, build_swin
-from peft_bench.backbones.weights import load_checkpoint, to_openmmlab
+from peft_bench.backbones import BACKBONES, build_backbone, weights
+from peft_bench.backbones.swin import KNOWN_SIZES, SwinBackbone, build_swin
+from peft_bench.backbones.swin_checkpoints import load_checkpoint, to_openmmlab
 from peft_bench.config import BackboneConfig
 from peft_bench.errors import UserError
 
@@ -146,19 +147,24 @@ def test_a_checkpoint_of_another_window_size_loads(tmp_path: Path) -> None:
 def test_a_shipped_name_loads_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saved = _random_micro(seed=0)
     torch.save(saved.state_dict(), tmp_path / "mini.pth")
-    monkeypatch.setitem(weights.SHIPPED_WEIGHTS, "mini", {"swin_micro": tmp_path / "mini.pth"})
+    monkeypatch.setattr(weights, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setitem(
+        BACKBONES, "swin_micro", replace(BACKBONES["swin_micro"], shipped={"mini": "mini.pth"})
+    )
     _assert_same_function(saved, _load("mini"))
 
 
 def test_a_shipped_name_without_a_file_for_the_size_lists_the_sizes() -> None:
-    with pytest.raises(UserError, match=r"weights=mini is shipped for swin_nano, swin_micro, not swin_t"):
+    with pytest.raises(
+        UserError, match=r"weights=mini is shipped for swin_nano, swin_micro, vit_nano, vit_micro, not swin_t"
+    ):
         build_backbone(BackboneConfig(name="swin_t", weights="mini"))
 
 
 def test_load_checkpoint_describes_what_it_loaded(tmp_path: Path) -> None:
     path = tmp_path / "ms.pth"
     torch.save(_microsoft(_random_micro(seed=0).state_dict()), path)
-    assert load_checkpoint(_random_micro(seed=1), path) == f"Microsoft-format checkpoint {path}"
+    assert load_checkpoint(_random_micro(seed=1), path, KNOWN_SIZES) == f"Microsoft-format checkpoint {path}"
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
@@ -200,16 +206,19 @@ def test_a_file_without_a_state_dict_fails_clearly(content: object, complaint: s
         _load(path)
 
 
-def test_an_unknown_weights_value_lists_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(weights.SHIPPED_WEIGHTS, "mini", {"swin_micro": Path("mini.pth")})
+def test_an_unknown_weights_value_lists_the_options() -> None:
     with pytest.raises(UserError) as error:
         _load("imagenet")
     message = str(error.value)
-    assert all(option in message for option in ("in22k", "none", "mini", "path to a checkpoint file"))
+    assert all(
+        option in message for option in ("in22k", "none", "mini (shipped)", "path to a checkpoint file")
+    )
 
 
 def test_an_unknown_backbone_name_lists_the_sizes() -> None:
-    with pytest.raises(UserError, match="swin_t, swin_s, swin_b, swin_l, swin_nano, swin_micro"):
+    with pytest.raises(
+        UserError, match=r"Unknown backbone 'swin_xl' \(backbone.name\). Known: .*swin_b.*vit_b"
+    ):
         build_backbone(BackboneConfig(name="swin_xl"))
 
 
@@ -232,12 +241,12 @@ def test_in22k_weights_load_from_the_hf_cache_without_the_hub(
     cached = tmp_path / "model.safetensors"
     released = build_swin("swin_t", img_size=64, window_size=4)
     safetensors.torch.save_file(released.state_dict(), cached)
-    monkeypatch.setattr(weights, "_cached_hub_file", lambda spec: cached)
+    monkeypatch.setattr(weights, "cached_hub_file", lambda model: cached)
     loaded = build_backbone(BackboneConfig(name="swin_t", weights="in22k", img_size=64, window_size=4))
     for name, tensor in released.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
 
 
 def test_swin_micro_has_no_hub_weights() -> None:
-    with pytest.raises(UserError, match="swin_micro has no ImageNet-22k weights"):
+    with pytest.raises(UserError, match="swin_micro has no hub weights named 'in22k'"):
         _load("in22k")

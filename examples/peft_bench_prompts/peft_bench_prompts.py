@@ -1,7 +1,8 @@
 """Prompt tuning as a peft_bench plugin: a method outside the package, registered by installing it.
 
-Every Swin block gets `tokens` learnable prompt tokens that its windows attend to (the token-level
-slot `attn_prefix`, the place of VPT-deep's prompts); the backbone stays frozen.
+Every block of the backbone, of any family, gets `tokens` learnable prompt tokens that its attention
+also attends to (the token-level slot `attn_prefix`, the place of VPT-deep's prompts); the backbone
+stays frozen.
 """
 
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peft_bench.methods import BlockInsertion, MethodConfig, register_method, slots_of
+from peft_bench.methods import Block, BlockInsertion, MethodConfig, register_method
 
 
 @dataclass
@@ -30,5 +31,5 @@ class Prompts(nn.Module):
 class PromptTuning(BlockInsertion):
     cfg: PromptsConfig
 
-    def insert(self, block: nn.Module) -> None:
-        slots_of(block).attn_prefix = Prompts(self.cfg.tokens, block.dim)
+    def insert(self, block: Block) -> None:
+        block.slots.attn_prefix = Prompts(self.cfg.tokens, block.dim)

@@ -1,22 +1,20 @@
-"""One Swin backbone for every method and task, built from timm's own modules.
+"""The Swin family behind the backbone contract, built from timm's own modules.
 
 `SwinBackbone` re-registers timm's `patch_embed`, `layers` and `norm` under their timm names,
-so its state dict *is* a timm state dict (minus the classifier), and drives the stages itself.
-Driving the loop here buys three things without copying timm's Swin code:
+so its state dict *is* a timm state dict (minus the classifier), and runs the stages through the
+contract's forward pass (`peft_bench.backbones.base.Backbone`). What is Swin's own here:
 
-* adapter *slots* on each block (`BlockSlots`), the single place where methods insert modules,
-  token-level ones (prefix tokens inside window attention) included;
 * window attention on maps of any size as the Swin detection and segmentation code computes it
-  (`windowed_attention`: pad to whole windows, *then* shift);
-* a no-grad prefix: everything before the first trainable tensor runs under `torch.no_grad()`,
-  so a frozen backbone builds no autograd graph it does not need;
-* per-stage feature maps for dense heads.
+  (`windowed_attention`: pad to whole windows, *then* shift), and the slots' prefix tokens inside
+  every window (`prefixed_windowed_attention`);
+* its sizes (`SWIN_SPECS`), registered as `backbone=<name>`, and their weights (timm's hub, the
+  shipped `mini` checkpoints, and timm, Microsoft and OpenMMLab files: `swin_checkpoints`).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Iterator
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import (
+    PatchMerging,
     SwinTransformerBlock,
     WindowAttention,
     window_partition,
@@ -31,13 +30,29 @@ from timm.models.swin_transformer import (
 )
 from torch import nn
 
+from peft_bench.backbones.base import (
+    Backbone,
+    Block,
+    Pyramid,
+    StageLevels,
+    Tensors,
+    backbone_entry,
+    register_backbone,
+)
+from peft_bench.backbones.swin_checkpoints import load_checkpoint
+from peft_bench.backbones.weights import HubWeights, from_hub, resolve_weights
+from peft_bench.config import BackboneConfig
 from peft_bench.errors import UserError
+from peft_bench.layers.slots import EMPTY_SLOTS, Branches, TokenLayout, prefix_tokens, run_slotted
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SwinSpec:
     """Architecture of one Swin size, as timm names and builds it."""
 
+    label: str  # its name in tables
     timm_name: str
     embed_dim: int
     depths: tuple[int, ...]
@@ -51,10 +66,11 @@ class SwinSpec:
         return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
 
 
-def _cpu_swin(embed_dim: int) -> SwinSpec:
+def _cpu_swin(label: str, embed_dim: int) -> SwinSpec:
     """A Swin for the CPU: 4 stages of 2 blocks (so shifted windows and Partial-1's "last block"
     exist), 64 px images, window 4, no hub weights."""
     return SwinSpec(
+        label,
         "swin_tiny_patch4_window7_224",
         embed_dim,
         (2, 2, 2, 2),
@@ -66,14 +82,14 @@ def _cpu_swin(embed_dim: int) -> SwinSpec:
 
 
 SWIN_SPECS: dict[str, SwinSpec] = {
-    "swin_t": SwinSpec("swin_tiny_patch4_window7_224", 96, (2, 2, 6, 2), (3, 6, 12, 24)),
-    "swin_s": SwinSpec("swin_small_patch4_window7_224", 96, (2, 2, 18, 2), (3, 6, 12, 24)),
-    "swin_b": SwinSpec("swin_base_patch4_window7_224", 128, (2, 2, 18, 2), (4, 8, 16, 32)),
-    "swin_l": SwinSpec("swin_large_patch4_window7_224", 192, (2, 2, 18, 2), (6, 12, 24, 48)),
+    "swin_t": SwinSpec("Swin-T", "swin_tiny_patch4_window7_224", 96, (2, 2, 6, 2), (3, 6, 12, 24)),
+    "swin_s": SwinSpec("Swin-S", "swin_small_patch4_window7_224", 96, (2, 2, 18, 2), (3, 6, 12, 24)),
+    "swin_b": SwinSpec("Swin-B", "swin_base_patch4_window7_224", 128, (2, 2, 18, 2), (4, 8, 16, 32)),
+    "swin_l": SwinSpec("Swin-L", "swin_large_patch4_window7_224", 192, (2, 2, 18, 2), (6, 12, 24, 48)),
     # Small Swins that train on a 2-core CPU in minutes (0.57M and 2.3M parameters), pretrained
     # offline rather than on the hub.
-    "swin_nano": _cpu_swin(16),
-    "swin_micro": _cpu_swin(32),
+    "swin_nano": _cpu_swin("Swin-nano", 16),
+    "swin_micro": _cpu_swin("Swin-micro", 32),
 }
 
 
@@ -85,49 +101,6 @@ def swin_spec(name: str) -> SwinSpec:
             "backbone=<name>."
         )
     return SWIN_SPECS[name]
-
-
-class BlockSlots(nn.Module):
-    """The places where a method may insert a module into one Swin block.
-
-    With tokens `x` of shape (B, H, W, C), the block computes::
-
-        a = attn_out(attn(norm1(x), prefix=norm1(attn_prefix(x))))
-        x = post_attn(x + drop_path1(a))             # post_attn: on the main stream, post-residual
-        y = x + drop_path2(mlp_out(mlp(norm2(x)))) + mlp_parallel(x)
-        y = post_mlp(y)
-
-    A side network (`SideNetwork`) reads `a` and the MLP branch (after `mlp_out`), both before drop
-    path and detached, and changes nothing in the block. Unset slots cost nothing. Every slot module
-    but `attn_prefix` maps (B, H, W, C) to (B, H, W, C).
-    `attn_prefix` is token-level: from the block's input it gives P tokens, (P, C) or (B, P, C), in
-    the space of that input (so normed by `norm1` as the map is); every window's queries then also
-    attend to them as extra keys and values (no position bias, never masked by the shift), and
-    their own outputs are dropped: the place of prompt tokens (VPT-deep). With
-    `attn_prefix_normed`, the tokens are taken as already in `norm1`'s output space and enter the
-    attention as they are (`prefix=attn_prefix(x)`): prompts joined to the windows after `norm1`,
-    as the Mona authors' Swin VPT does.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.attn_out: nn.Module | None = None
-        self.post_attn: nn.Module | None = None
-        self.mlp_out: nn.Module | None = None
-        self.mlp_parallel: nn.Module | None = None
-        self.post_mlp: nn.Module | None = None
-        self.attn_prefix: nn.Module | None = None
-        self.attn_prefix_normed = False  # True: `attn_prefix` skips norm1
-
-
-EMPTY_SLOTS = BlockSlots()  # a block without a method's modules
-
-
-def slots_of(block: SwinTransformerBlock) -> BlockSlots:
-    """The block's slots, created on first use (registered as the child `slots`)."""
-    if not hasattr(block, "slots"):
-        block.slots = BlockSlots()
-    return block.slots
 
 
 def windowed_attention(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
@@ -211,172 +184,89 @@ def run_block(
     A block without slots on a map of whole windows runs timm's own forward (its hooks fire), unless
     `taps` is given: then the block's attention and MLP branch outputs are appended to it, detached
     (what a `SideNetwork` reads)."""
-    slots: BlockSlots | None = getattr(block, "slots", None)
+    slots = getattr(block, "slots", None)
     if slots is None and taps is None and not any(_window_padding(block, x)):
         return block(x)
     slots = slots or EMPTY_SLOTS
-    if slots.attn_prefix is not None:
-        prefix = slots.attn_prefix(x)
-        if not slots.attn_prefix_normed:
-            prefix = block.norm1(prefix)
-        attn = prefixed_windowed_attention(block, block.norm1(x), prefix)
-    else:
-        attn = windowed_attention(block, block.norm1(x))
-    if slots.attn_out is not None:
-        attn = slots.attn_out(attn)
-    x = x + block.drop_path1(attn)
-    if slots.post_attn is not None:
-        x = slots.post_attn(x)
-    mlp = block.mlp(block.norm2(x))
-    if slots.mlp_out is not None:
-        mlp = slots.mlp_out(mlp)
-    if taps is not None:
-        taps.append((attn.detach(), mlp.detach()))
-    y = x + block.drop_path2(mlp)
-    if slots.mlp_parallel is not None:
-        y = y + slots.mlp_parallel(x)
-    if slots.post_mlp is not None:
-        y = slots.post_mlp(y)
-    return y
+    grid = (x.shape[1], x.shape[2])
+
+    def attention(x: torch.Tensor) -> torch.Tensor:
+        prefix = prefix_tokens(slots, x, block.norm1)
+        if prefix is None:
+            return windowed_attention(block, block.norm1(x))
+        return prefixed_windowed_attention(block, block.norm1(x), prefix)
+
+    return run_slotted(
+        x,
+        slots,
+        attention=attention,
+        mlp=lambda x: block.mlp(block.norm2(x)),
+        drop_path1=block.drop_path1,
+        drop_path2=block.drop_path2,
+        layout=lambda: TokenLayout(grid),
+        taps=taps,
+    )
 
 
-def _has_trainable(module: nn.Module) -> bool:
-    return any(p.requires_grad for p in module.parameters())
+class SwinBackbone(Backbone):
+    """A timm Swin Transformer without its classifier: tokens (B, H, W, C), four stages, one map per
+    stage in the dense layout (levels 0-3 are the stages)."""
 
-
-Branches = tuple[torch.Tensor, torch.Tensor]  # one block's attention and MLP branch outputs, (B, H, W, C)
-
-
-class SideNetwork(nn.Module, ABC):
-    """A trainable network beside the frozen blocks (`SwinBackbone.side`): it reads them and adds to
-    their stage outputs, so that backpropagation never enters a block (E3VA's highway)."""
-
-    @abstractmethod
-    def forward(
-        self, backbone: SwinBackbone, branches: list[list[Branches]], stages: list[torch.Tensor]
-    ) -> list[torch.Tensor]:
-        """One (B, H, W, C) term per stage, added to that stage's output.
-
-        `branches[s]` holds the (attention, MLP) branch outputs of stage `s`'s blocks in order, and
-        `stages[s]` its output, all detached; `backbone` lends its own (frozen) modules, e.g. the
-        patch mergings `backbone.layers[s].downsample`.
-        """
-
-
-class SwinBackbone(nn.Module):
-    """A timm Swin Transformer without its classifier, with method slots and stage outputs.
-
-    `side`, when set, is a `SideNetwork`: `forward_stages` first runs the backbone as without it
-    (frozen units without autograd), keeping each block's attention and MLP branch outputs,
-    (B, H, W, C) before drop path, detached; then `side(self, branches, stages)` gives one term per
-    stage, added to that stage's output, i.e. to what the output norm and the head read, never to
-    what the next stage reads. The gradient thus reaches the side (and the frozen modules it
-    borrows) but no block. Unset (None), it costs nothing.
-    """
+    prompts_after_norm = True  # the Mona authors' Swin VPT joins its prompts after norm1
 
     def __init__(self, name: str, spec: SwinSpec, body: nn.Module) -> None:
-        super().__init__()
-        self.name = name
+        super().__init__(name)
         self.spec = spec
         self.patch_embed = body.patch_embed
         self.layers = body.layers
         self.norm = body.norm
         self.num_features: int = body.num_features
         self.stage_dims = spec.stage_dims
-        self.output_norms: nn.ModuleList | None = None
-        self.side: SideNetwork | None = None
+        self.patch_size = tuple(self.patch_embed.patch_size)
+        self.map_stages = tuple(range(len(spec.depths)))
+        self.level_maps = self.map_stages
 
-    def prepare_output_norms(self, per_stage: bool, fresh: bool) -> None:
-        """The norms that feed the head: one per stage (`use_output_norms`, dense tasks) or the final
-        one; `fresh` starts them at weight 1, bias 0, as in the reference runs. Call before a
-        method is applied."""
-        if per_stage:
-            self.use_output_norms(fresh)
-        elif fresh:
-            self.norm.reset_parameters()
-
-    def use_output_norms(self, fresh: bool = False) -> None:
-        """Switch to the dense-task layout: one LayerNorm per stage output (`output_norms.0-3`,
-        the reference backbones' norm0..norm3) in place of the final norm, whose pretrained
-        weights the last one takes, unless `fresh`: then all four start at weight 1, bias 0, as in
-        the reference runs (their checkpoint's `norm` has no `norm3` to load into). Call before a
-        method is applied."""
-        norms = nn.ModuleList(nn.LayerNorm(dim, device=self.norm.weight.device) for dim in self.stage_dims)
-        if not fresh:
-            norms[-1].load_state_dict(self.norm.state_dict())
-        self.output_norms = norms
-        del self.norm
-
-    def freeze_stages(self, frozen_stages: int) -> None:
-        """Freeze as `frozen_stages` of the Swin detection code the paper builds on (Microsoft's
-        Swin-Transformer-Object-Detection), after a method was applied: >= 0 (and 1) freezes the
-        patch embedding; N >= 2 also stages 0..N-2, each with the patch merging that ends it in
-        that layout (the one that starts the next stage in timm's)."""
-        frozen: list[nn.Module] = [self.patch_embed] if frozen_stages >= 0 else []
-        for s in range(max(0, frozen_stages - 1)):
-            frozen.append(self.layers[s].blocks)
-            if s + 1 < len(self.layers):
-                frozen.append(self.layers[s + 1].downsample)
-        for module in frozen:
-            module.requires_grad_(False)
-
-    def blocks(self) -> Iterator[tuple[str, SwinTransformerBlock]]:
+    def transformer_blocks(self) -> list[Block]:
         """All transformer blocks with their timm names (`layers.S.blocks.B`), in order."""
-        for s, stage in enumerate(self.layers):
-            for b, block in enumerate(stage.blocks):
-                yield f"layers.{s}.blocks.{b}", block
-
-    def _units(self) -> list[tuple[int | None, nn.Module]]:
-        """The forward pass as an ordered list of (stage index or None, module) units."""
-        units: list[tuple[int | None, nn.Module]] = [(None, self.patch_embed)]
-        for s, stage in enumerate(self.layers):
-            units.append((s, stage.downsample))
-            units.extend((s, block) for block in stage.blocks)
-        return units
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The output of each stage, (B, H, W, C), before any output norm, plus the terms of the
-        `side` network if one is set.
-
-        Units before the first one that holds a trainable tensor run without autograd.
-        """
-        units = self._units()
-        first_trainable = next((i for i, (_, m) in enumerate(units) if _has_trainable(m)), len(units))
-        branches: list[list[Branches]] | None = None if self.side is None else [[] for _ in self.layers]
-        outputs: list[torch.Tensor] = []
-        for i, (stage, unit) in enumerate(units):
-            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= first_trainable):
-                if isinstance(unit, SwinTransformerBlock):
-                    x = run_block(unit, x, None if branches is None else branches[stage])
-                else:
-                    x = unit(x)
-            is_stage_end = stage is not None and (i + 1 == len(units) or units[i + 1][0] != stage)
-            if is_stage_end:
-                outputs.append(x)
-        if self.side is None:
-            return outputs
-        terms = self.side(self, branches, [s.detach() for s in outputs])
-        return [s + t for s, t in zip(outputs, terms, strict=True)]
-
-    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Normed stage outputs as (B, C, H, W) maps, strides 4, 8, 16, 32: the input of a neck."""
-        assert self.output_norms is not None, "call use_output_norms() first"
+        blocks = [
+            (s, b, block) for s, stage in enumerate(self.layers) for b, block in enumerate(stage.blocks)
+        ]
         return [
-            norm(s).permute(0, 3, 1, 2).contiguous()
-            for norm, s in zip(self.output_norms, self.forward_stages(x), strict=True)
+            Block(f"layers.{s}.blocks.{b}", block, block.dim, s, index)
+            for index, (s, b, block) in enumerate(blocks)
         ]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Final-normed tokens of the last stage, (B, H, W, C)."""
-        last = self.forward_stages(x)[-1]
-        with torch.set_grad_enabled(
-            torch.is_grad_enabled() and (last.requires_grad or _has_trainable(self.norm))
-        ):
-            return self.norm(last)
+    def embedding(self) -> Tensors:
+        return [self.patch_embed]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Globally average-pooled features, (B, num_features): the classification view."""
-        return self.forward_features(x).mean(dim=(1, 2))
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.patch_embed(images), None
+
+    def transition(self, stage: int) -> nn.Module:
+        """timm's layout: the patch merging that starts stages 1-3 (an identity before stage 0)."""
+        return self.layers[stage].downsample
+
+    def outer_layers(self, stage: int | None) -> list[str]:
+        if stage is None:
+            return ["patch_embed.proj", "patch_embed.norm"]
+        if isinstance(self.layers[stage].downsample, PatchMerging):  # it starts stages 1-3
+            return [f"layers.{stage}.downsample.norm"]
+        return []
+
+    def run_block(
+        self, block: Block, x: torch.Tensor, layout: TokenLayout | None, taps: list[Branches] | None
+    ) -> torch.Tensor:
+        return run_block(block.module, x, taps)
+
+    def to_map(self, tokens: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor:
+        return tokens.permute(0, 3, 1, 2).contiguous()
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """Global average pooling over the last stage's map."""
+        return features.mean(dim=(1, 2))
+
+    def pyramid(self, levels: Sequence[int]) -> Pyramid:
+        return StageLevels(levels, self.stage_dims)
 
 
 def build_swin(
@@ -393,7 +283,7 @@ def build_swin(
 
     `pretrained_hub` loads the paper's ImageNet-22k weights through timm's hub (needs a network
     connection or a warm Hugging Face cache), from `hub_file` when given (the hub's file, already
-    in the cache); other weight sources are loaded afterwards by `peft_bench.backbones.weights`.
+    in the cache); a checkpoint file is loaded afterwards (`swin_checkpoints.load_checkpoint`).
     `dynamic_size` accepts any input size (dense tasks), at the cost of computing the
     shifted-window mask for each input. `always_partition` keeps every block's window and shift
     whatever the size of its map, as the Swin detection and segmentation code does; timm's default
@@ -418,3 +308,48 @@ def build_swin(
         pretrained_cfg_overlay={"file": str(hub_file)} if hub_file else None,
     )
     return SwinBackbone(name, spec, body)
+
+
+def _build(cfg: BackboneConfig, dynamic_size: bool, pretrained: bool) -> SwinBackbone:
+    """The registered builder of every Swin size: `cfg.name` built, `cfg.weights` loaded.
+
+    The weights value is checked first, so a typo fails before a model is built or a download starts.
+    """
+    options = {
+        "img_size": cfg.img_size,
+        "window_size": cfg.window_size,
+        "drop_path_rate": cfg.drop_path_rate,
+        "dynamic_size": dynamic_size,
+        "always_partition": cfg.always_partition,
+    }
+    if not pretrained:
+        return build_swin(cfg.name, **options)
+    source = resolve_weights(backbone_entry(cfg.name), cfg.weights)
+    if isinstance(source, HubWeights):
+        spec = swin_spec(cfg.name)
+        backbone = from_hub(
+            source,
+            lambda file: build_swin(cfg.name, pretrained_hub=True, hub_file=file, **options),
+            f"backbone.weights=/path/to/{spec.timm_name}_22k.pth (Microsoft's release; timm and OpenMMLab "
+            "files load too)",
+        )
+        loaded = f"weights {source.model} from the Hugging Face hub"
+    else:
+        backbone = build_swin(cfg.name, **options)
+        loaded = load_checkpoint(backbone, source, KNOWN_SIZES) if isinstance(source, Path) else "random init"
+    log.info("backbone %s: %s", cfg.name, loaded)
+    return backbone
+
+
+KNOWN_SIZES = {name: (spec.embed_dim, spec.depths) for name, spec in SWIN_SPECS.items()}
+for _name, _spec in SWIN_SPECS.items():
+    register_backbone(
+        _name,
+        build=_build,
+        family="swin",
+        label=_spec.label,
+        img_size=_spec.img_size,
+        weights="in22k" if _spec.hub_tag else "mini",
+        hub={"in22k": f"{_spec.timm_name}.{_spec.hub_tag}"} if _spec.hub_tag else {},
+        shipped={} if _spec.hub_tag else {"mini": f"{_name}-shapes_upstream.safetensors"},
+    )

@@ -38,9 +38,9 @@ from peft_bench.data.base import TaskData, collate_lists
 from peft_bench.data.colour import change_hsv
 from peft_bench.data.layout import Layout, data_root, require
 from peft_bench.data.splits import selection_of, stratified_holdout, without_holdout
+from peft_bench.data.targets import IGNORE_INDEX
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from peft_bench.errors import UserError
-from peft_bench.metrics.miou import IGNORE_INDEX
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",

@@ -11,6 +11,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 Target = dict[str, torch.Tensor]
+IGNORE_INDEX = 255  # the label of pixels that no loss and no metric counts (mmseg's)
 Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from peft_bench.config import NoDecay
-from peft_bench.models.base import TaskModel
+from peft_bench.engine.contract import TaskModel
 
 POSITION_TABLES = ("relative_position_bias_table", "absolute_pos_embed")
 HARNESS_NO_DECAY = (NoDecay.vectors, NoDecay.position_tables)

@@ -33,15 +33,14 @@ from peft_bench.engine.checkpoint import (
     set_rng_state,
     trainable_state,
 )
+from peft_bench.engine.contract import Evaluator, TaskModel
 from peft_bench.engine.cost import StepTimer, Throughput, peak_memory, reset_peak_memory
 from peft_bench.engine.distributed import DistInfo, ShardSampler, gather_to_main
 from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.precision import autocast, grad_scaler, resolve_precision
 from peft_bench.engine.schedules import build_scheduler
 from peft_bench.errors import TrainingDiverged, UserError
-from peft_bench.methods.merge import merged
-from peft_bench.metrics.base import Evaluator
-from peft_bench.models.base import TaskModel
+from peft_bench.layers.merge import merged
 
 
 class RunningLoss:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from timm.models.swin_transformer import SwinTransformerBlock
-
-from peft_bench.backbones.swin import slots_of
+from peft_bench.backbones.base import Block
 from peft_bench.config import MethodConfig, MethodInit
+from peft_bench.layers.bottleneck import REFERENCE_INIT_STD, Bottleneck, Residual, trunc_normal_linears
 from peft_bench.methods.base import BlockInsertion, register_method
-from peft_bench.methods.layers import REFERENCE_INIT_STD, Bottleneck, Residual, trunc_normal_linears
 
 
 @dataclass
@@ -32,8 +30,8 @@ class Adapter(BlockInsertion):
     config_class = AdapterConfig
     cfg: AdapterConfig
 
-    def insert(self, block: SwinTransformerBlock) -> None:
-        slots = slots_of(block)
+    def insert(self, block: Block) -> None:
+        slots = block.slots
         slots.attn_out = self._adapter(block.dim)
         slots.mlp_out = self._adapter(block.dim)
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
-from peft_bench.backbones.swin import slots_of
+from peft_bench.backbones.base import Block
 from peft_bench.config import MethodConfig, MethodInit
+from peft_bench.layers.bottleneck import Bottleneck, trunc_normal_linears
 from peft_bench.methods.base import BlockInsertion, register_method
-from peft_bench.methods.layers import Bottleneck, trunc_normal_linears
 
 
 @dataclass
@@ -51,7 +50,7 @@ class AdaptFormer(BlockInsertion):
     config_class = AdaptFormerConfig
     cfg: AdaptFormerConfig
 
-    def insert(self, block: SwinTransformerBlock) -> None:
+    def insert(self, block: Block) -> None:
         branch = Bottleneck.linear(block.dim, self.cfg.dim, self.cfg.dropout)
         if MethodInit(self.cfg.init) is MethodInit.original:
             nn.init.zeros_(branch.down.bias)
@@ -59,4 +58,4 @@ class AdaptFormer(BlockInsertion):
             nn.init.zeros_(branch.up.bias)
         else:
             trunc_normal_linears(branch)
-        slots_of(block).mlp_parallel = Scaled(branch, self.cfg.scale)
+        block.slots.mlp_parallel = Scaled(branch, self.cfg.scale)

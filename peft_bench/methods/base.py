@@ -8,10 +8,9 @@ from typing import ClassVar
 
 import torch
 from hydra.core.config_store import ConfigStore
-from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone, Block
 from peft_bench.config import MethodConfig
 from peft_bench.registry import Registry
 
@@ -29,7 +28,7 @@ class Method(ABC):
         self.cfg = cfg
 
     @abstractmethod
-    def apply(self, backbone: SwinBackbone) -> None:
+    def apply(self, backbone: Backbone) -> None:
         """Modify `backbone` in place for this method."""
 
 
@@ -71,13 +70,14 @@ def freeze(module: nn.Module) -> None:
 class BlockInsertion(Method):
     """A method that freezes the backbone, then adds trainable modules to every block."""
 
-    def apply(self, backbone: SwinBackbone) -> None:
+    def apply(self, backbone: Backbone) -> None:
         freeze(backbone)
-        for _, block in backbone.blocks():
+        for block in backbone.transformer_blocks():
             # New modules are created where the block lives, so `apply` also works after `.to()`.
-            with torch.device(next(block.parameters()).device):
+            with torch.device(next(block.module.parameters()).device):
                 self.insert(block)
 
     @abstractmethod
-    def insert(self, block: SwinTransformerBlock) -> None:
-        """Add this method's modules to one frozen block, sized by its width `block.dim`."""
+    def insert(self, block: Block) -> None:
+        """Add this method's modules to one frozen block (its `slots`, its `part`s), sized by its
+        width `block.dim`."""

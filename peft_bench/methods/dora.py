@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
+from peft_bench.backbones.base import Block, Part
 from peft_bench.methods.base import BlockInsertion, register_method
 from peft_bench.methods.lora import LoRAConfig, LoRAQKV
 
@@ -25,7 +25,7 @@ def row_norms(weight: torch.Tensor) -> torch.Tensor:
 
 
 class DoRAQKV(LoRAQKV):
-    """timm's fused qkv projection whose q and v rows are `m * V / ||V||`, `V = W0 + scale * B A`.
+    """A fused qkv projection whose q and v rows are `m * V / ||V||`, `V = W0 + scale * B A`.
 
     k is untouched; the bias is added after the renormalisation and not scaled (as Hugging Face
     peft). `||V||` is a constant in the backward (detached), as the DoRA paper's Sec. 4.3 and
@@ -57,7 +57,7 @@ class DoRAQKV(LoRAQKV):
 
 @register_method("dora", label="DoRA")
 class DoRA(BlockInsertion):
-    """DoRA on q and v of every block's `attn.qkv`; k untouched. Per block: 4rm + 2m.
+    """DoRA on q and v of every block's fused qkv projection; k untouched. Per block: 4rm + 2m.
 
     A, B as LoRA (kaiming-uniform, zeros) and m = ||W0|| per row: the model equals the base at init.
     """
@@ -65,5 +65,5 @@ class DoRA(BlockInsertion):
     config_class = DoRAConfig
     cfg: DoRAConfig
 
-    def insert(self, block: SwinTransformerBlock) -> None:
-        block.attn.qkv = DoRAQKV(block.attn.qkv, self.cfg.rank, self.cfg.alpha)
+    def insert(self, block: Block) -> None:
+        block.replace(Part.qkv, DoRAQKV(block.part(Part.qkv), self.cfg.rank, self.cfg.alpha))

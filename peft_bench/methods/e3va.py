@@ -1,4 +1,4 @@
-"""E3VA: parallel low-rank adapters on a gradient highway beside the frozen Swin blocks.
+"""E3VA: parallel low-rank adapters on a gradient highway beside the frozen blocks.
 
 Yin et al., "Parameter-efficient is not sufficient: Exploring Parameter, Memory, and Time Efficient
 Adapter Tuning for Dense Predictions" (arXiv:2306.09729). The backbone runs without autograd; only
@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peft_bench.backbones.swin import Branches, SideNetwork, SwinBackbone
+from peft_bench.backbones.base import Backbone, SideNetwork
 from peft_bench.config import MethodConfig
+from peft_bench.layers.bottleneck import Bottleneck, trunc_normal_linears
+from peft_bench.layers.slots import Branches, TokenLayout
 from peft_bench.methods.base import Method, freeze, register_method
-from peft_bench.methods.layers import Bottleneck, trunc_normal_linears
 
 
 @dataclass
@@ -48,9 +49,10 @@ class Highway(SideNetwork):
     outputs plus the lead carried in through the backbone's own (frozen) patch merging.
 
     The highway is `stream + lead`: it starts on the patch embedding, takes each block's residual
-    adds as the stream does and the block's adapter outputs on top, and is downsampled by the
-    stage's `merge`, so its lead into stage s is `merge(x + lead) - merge(x)` of stage s - 1's output
-    `x` and lead. Gradients pass through adapters, additions and mergings only, never a block.
+    adds as the stream does and the block's adapter outputs on top, and passes the backbone's
+    transition into each stage (a patch merging), so its lead into stage s is
+    `merge(x + lead) - merge(x)` of stage s - 1's output `x` and lead. Gradients pass through
+    adapters, additions and transitions only, never a block.
     """
 
     def __init__(self, dims: Sequence[int], depths: Sequence[int], hidden: int, dropout: float) -> None:
@@ -61,15 +63,20 @@ class Highway(SideNetwork):
         )
 
     def forward(
-        self, backbone: SwinBackbone, branches: list[list[Branches]], stages: list[torch.Tensor]
+        self,
+        backbone: Backbone,
+        branches: list[list[Branches]],
+        stages: list[torch.Tensor],
+        layouts: list[TokenLayout | None],
     ) -> list[torch.Tensor]:
         leads: list[torch.Tensor] = []
         for s, (adapters, taps) in enumerate(zip(self.stages, branches, strict=True)):
             if s == 0:
                 lead = torch.zeros_like(stages[0])
             else:
-                merge, previous = backbone.layers[s].downsample, stages[s - 1]
-                lead = merge(previous + leads[-1]) - merge(previous)
+                previous, layout = stages[s - 1], layouts[s - 1]
+                lead = backbone.enter_stage(s, previous + leads[-1], layout)[0]
+                lead = lead - backbone.enter_stage(s, previous, layout)[0]
             for block, block_branches in zip(adapters, taps, strict=True):
                 lead = lead + block(block_branches)
             leads.append(lead)
@@ -78,7 +85,7 @@ class Highway(SideNetwork):
 
 @register_method("e3va", label="E3VA")
 class E3VA(Method):
-    """Freezes the backbone, sets the highway beside it (`SwinBackbone.side`) and trains the norms
+    """Freezes the backbone, sets the highway beside it (`Backbone.side`) and trains the norms
     through which the highway reaches the head: the per-stage output norms of a dense backbone, the
     final norm of a classifier. Per block: 2(2mn + m + n); plus 2m per trained norm.
     """
@@ -86,11 +93,11 @@ class E3VA(Method):
     config_class = E3VAConfig
     cfg: E3VAConfig
 
-    def apply(self, backbone: SwinBackbone) -> None:
+    def apply(self, backbone: Backbone) -> None:
         freeze(backbone)
-        depths = [len(stage.blocks) for stage in backbone.layers]
+        stages = [block.stage for block in backbone.transformer_blocks()]
+        depths = [stages.count(stage) for stage in range(len(backbone.stage_dims))]
         with torch.device(next(backbone.parameters()).device):
             backbone.side = Highway(backbone.stage_dims, depths, self.cfg.dim, self.cfg.dropout)
-        norms = backbone.output_norms if backbone.output_norms is not None else [backbone.norm]
-        for norm in norms:
-            norm.requires_grad_(True)
+        for norm in backbone.head_norms():
+            backbone.get_submodule(norm).requires_grad_(True)

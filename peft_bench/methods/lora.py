@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
+from peft_bench.backbones.base import Block, Part
 from peft_bench.config import MethodConfig
+from peft_bench.layers.merge import Mergeable
 from peft_bench.methods.base import BlockInsertion, register_method
-from peft_bench.methods.merge import Mergeable
 
 
 @dataclass
@@ -30,10 +30,10 @@ def _low_rank_pair(dim: int, rank: int, like: torch.Tensor) -> tuple[nn.Paramete
 
 
 class LoRAQKV(Mergeable, nn.Linear):
-    """timm's fused qkv projection (m -> 3m, rows q, k, v) plus `scale * B A` on q and v only.
+    """A fused qkv projection (m -> 3m, rows q, k, v) plus `scale * B A` on q and v only.
 
     The frozen weight and bias are the original Parameter objects, so their state-dict names
-    stay `attn.qkv.weight` / `attn.qkv.bias` and pretrained checkpoints load unchanged.
+    stay (`attn.qkv.weight` / `attn.qkv.bias` in timm's blocks) and pretrained checkpoints load unchanged.
     """
 
     def __init__(self, qkv: nn.Linear, rank: int, alpha: float) -> None:
@@ -73,7 +73,7 @@ class LoRAQKV(Mergeable, nn.Linear):
 
 @register_method("lora", label="LoRA")
 class LoRA(BlockInsertion):
-    """Low-rank updates of q and v in every block's `attn.qkv`; k untouched. Per block: 4rm.
+    """Low-rank updates of q and v in every block's fused qkv projection; k untouched. Per block: 4rm.
 
     Init as the reference (A kaiming-uniform, B zeros): the model equals the base model at init.
     """
@@ -81,5 +81,5 @@ class LoRA(BlockInsertion):
     config_class = LoRAConfig
     cfg: LoRAConfig
 
-    def insert(self, block: SwinTransformerBlock) -> None:
-        block.attn.qkv = LoRAQKV(block.attn.qkv, self.cfg.rank, self.cfg.alpha)
+    def insert(self, block: Block) -> None:
+        block.replace(Part.qkv, LoRAQKV(block.part(Part.qkv), self.cfg.rank, self.cfg.alpha))

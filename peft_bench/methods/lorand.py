@@ -7,19 +7,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
-from peft_bench.backbones.swin import slots_of
+from peft_bench.backbones.base import Block
 from peft_bench.config import MethodConfig
+from peft_bench.layers.bottleneck import Bottleneck, Residual
 from peft_bench.methods.base import BlockInsertion, register_method
-from peft_bench.methods.layers import Bottleneck, Residual
 
 
 @dataclass
 class LoRandConfig(MethodConfig):
-    # alpha: A_i g_i B_i branches per projection. 2 gives the paper's Table 1 count (1.20M on Swin-B);
-    # the authors' Swin code hard-codes 4 (2.37M on Swin-B).
+    # alpha: A_i g_i B_i branches per projection. 2 gives the paper's Table 1 count (docs/methods.md);
+    # the authors' code hard-codes 4.
     branches: int = 2
     kernel: int = 8  # beta: the side of each g_i, i.e. each branch's rank (the authors' code: 8)
     factor: int = 2  # bottleneck width n = m // factor, from the block's width m (the authors' FACTOR)
@@ -69,7 +68,7 @@ class LoRandLinear(nn.Module):
 class LoRand(BlockInsertion):
     """LoRand adapters `x + up(gelu(down(x)))` on the attention and MLP branch outputs.
 
-    Placed before each residual add (slots `attn_out`, `mlp_out`), as the authors' Swin code
+    Placed before each residual add (slots `attn_out`, `mlp_out`), as the authors' code
     (`lorand1`, `lorand2`). `down` (m -> n) and `up` (n -> m) are `LoRandLinear`s. Init as that
     code: every A_i, g_i, B_i kaiming-uniform(a=sqrt(5)), biases as nn.Linear's; not
     zero-initialised, so the model starts near, not at, the base model. No dropout.
@@ -79,8 +78,8 @@ class LoRand(BlockInsertion):
     config_class = LoRandConfig
     cfg: LoRandConfig
 
-    def insert(self, block: SwinTransformerBlock) -> None:
-        slots = slots_of(block)
+    def insert(self, block: Block) -> None:
+        slots = block.slots
         slots.attn_out = self._adapter(block.dim)
         slots.mlp_out = self._adapter(block.dim)
 

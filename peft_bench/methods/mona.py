@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
-from peft_bench.backbones.swin import slots_of
+from peft_bench.backbones.base import Block
 from peft_bench.config import MethodConfig
+from peft_bench.layers.bottleneck import Bottleneck, trunc_normal_linears
+from peft_bench.layers.slots import SpatialSlot, TokenLayout
 from peft_bench.methods.base import BlockInsertion, register_method
-from peft_bench.methods.layers import Bottleneck, trunc_normal_linears
 
 KERNEL_SIZES = (3, 5, 7)
+
+
+class PrefixTokens(str, Enum):
+    """How Mona's 2-D filter treats the tokens outside the patch grid (a ViT's class token, registers).
+
+    Mona has no official definition on a ViT; these are this repository's (docs/methods.md).
+    """
+
+    convpass = "convpass"  # each as a 1 x 1 map through the same filters, as Convpass treats the class token
+    bypass = "bypass"  # they skip the depthwise filters (and their bias); the 1x1 conv is per token
 
 
 @dataclass
@@ -29,19 +40,27 @@ class MonaConfig(MethodConfig):
     # Run the three depthwise convs as one 7x7 conv with their merged kernel (same parameters,
     # gradients and optimiser state as three convs; faster).
     merged_conv: bool = True
+    # Backbones with prefix tokens (a ViT's class token): how the 2-D filter treats them. Unofficial.
+    prefix_tokens: PrefixTokens = PrefixTokens.convpass
 
 
 class MultiCognitiveFilter(nn.Module):
-    """Mona's filters on (B, H, W, n) bottleneck tokens, seen as a (B, n, H, W) map.
+    """Mona's filters on bottleneck tokens: a (B, H, W, n) map, or (B, P + H * W, n) tokens whose
+    first P are prefix tokens (`TokenLayout`), the rest an H x W grid.
 
     `u = u + mean(dw3(u), dw5(u), dw7(u))`, then `u = u + conv1x1(u)`. The fast path keeps the
     tokens channels-last throughout: the depthwise convs read the (B, n, H, W) view of the tokens
     with its channels-last strides (no copy), and the 1x1 conv and its skip are one matmul on the
-    tokens, `u (W + I)^T + b`, with the same parameters and gradients as the conv.
+    tokens, `u (W + I)^T + b`, with the same parameters and gradients as the conv. Prefix tokens
+    take the depthwise filters as a 1 x 1 map would (the kernels' centre taps and their bias) with
+    `convpass`, or skip them with `bypass`; the 1x1 conv is theirs too.
     """
 
-    def __init__(self, channels: int, merged: bool) -> None:
+    def __init__(
+        self, channels: int, merged: bool, prefix_tokens: PrefixTokens = PrefixTokens.convpass
+    ) -> None:
         super().__init__()
+        self.prefix_tokens = PrefixTokens(prefix_tokens)
         self.depthwise = nn.ModuleList(
             nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels) for k in KERNEL_SIZES
         )
@@ -70,18 +89,37 @@ class MultiCognitiveFilter(nn.Module):
         maps = [F.conv2d(u, conv.weight, padding=conv.padding, groups=u.shape[1]) for conv in self.depthwise]
         return sum(maps) / len(maps), sum(conv.bias for conv in self.depthwise) / len(maps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.permute(0, 3, 1, 2)
+    def _centre_taps(self) -> torch.Tensor:
+        """The mean of the three kernels' centre taps: the depthwise filters on a 1 x 1 map."""
+        return torch.stack(
+            [conv.weight[:, 0, k // 2, k // 2] for conv, k in zip(self.depthwise, KERNEL_SIZES, strict=True)]
+        ).mean(0)
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
+        tokens = x.dim() == 3  # (B, P + H * W, n), laid out as `layout` says; else a (B, H, W, n) map
+        if tokens and layout is None:
+            raise ValueError("Mona's filter needs the layout of (B, N, n) tokens")
+        grid = x[:, layout.prefix :].unflatten(1, layout.grid) if tokens else x
+        u = grid.permute(0, 3, 1, 2)
         depthwise, depthwise_bias = self._mean_depthwise(u)
         u = (u + depthwise).permute(0, 2, 3, 1)
         # The skip, inside the matmul (under bf16 the diagonal 1 + w rounds to 2^-9, as the output does).
         pointwise = self.pointwise.weight.flatten(1) + self.identity
         # The depthwise bias rides the matmul too, `(u + c)(W + I)^T + b = u (W + I)^T + (b + (W + I) c)`:
         # a conv without bias has a cheaper backward.
-        return F.linear(u, pointwise, torch.addmv(self.pointwise.bias, pointwise, depthwise_bias))
+        bias = torch.addmv(self.pointwise.bias, pointwise, depthwise_bias)
+        out = F.linear(u, pointwise, bias)
+        if not tokens:
+            return out
+        prefix = x[:, : layout.prefix]
+        if self.prefix_tokens is PrefixTokens.convpass:
+            prefix = F.linear(prefix + prefix * self._centre_taps(), pointwise, bias)
+        else:
+            prefix = F.linear(prefix, pointwise, self.pointwise.bias)
+        return torch.cat([prefix, out.flatten(1, 2)], dim=1)
 
     def extra_repr(self) -> str:
-        return f"merged={self.merged}"
+        return f"merged={self.merged}, prefix_tokens={self.prefix_tokens.value}"
 
 
 class ScaledLayerNorm(torch.autograd.Function):
@@ -114,34 +152,43 @@ class ScaledLayerNorm(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, grad_gammax, None
 
 
-class MonaModule(nn.Module):
-    """`x + up(drop(gelu(filters(down(LN(x) * gamma + x * gammax)))))` on (B, H, W, m) tokens.
+class MonaModule(SpatialSlot):
+    """`x + up(drop(gelu(filters(down(LN(x) * gamma + x * gammax)))))` on tokens of width m laid out as
+    `layout` says (a (B, H, W, m) map, or prefix tokens and a grid: `MultiCognitiveFilter`).
 
     Init as the reference code: gamma 1e-6, gammax 1, Linear layers trunc-normal(std 0.02) with
     zero bias, convs PyTorch's default; not zero-initialised.
 
-    The forward is the formula's, with fewer passes over the (B, H, W, m) tokens: gamma scales the
+    The forward is the formula's, with fewer passes over the tokens: gamma scales the
     LayerNorm's affine (m values) instead of its output, fused with `+ x * gammax`
     (`ScaledLayerNorm`), and dropout's 1/(1 - p) scales `up`'s weight instead of the activations,
     so the mask is a single multiply.
     """
 
-    def __init__(self, dim: int, hidden: int, dropout: float, scalar_scales: bool, merged_conv: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        dropout: float,
+        scalar_scales: bool,
+        merged_conv: bool,
+        prefix_tokens: PrefixTokens = PrefixTokens.convpass,
+    ) -> None:
         super().__init__()
         scale_shape = () if scalar_scales else (dim,)
         self.norm = nn.LayerNorm(dim)
         self.gamma = nn.Parameter(torch.full(scale_shape, 1e-6))
         self.gammax = nn.Parameter(torch.ones(scale_shape))
         self.bottleneck = Bottleneck.linear(
-            dim, hidden, dropout, mid=MultiCognitiveFilter(hidden, merged_conv)
+            dim, hidden, dropout, mid=MultiCognitiveFilter(hidden, merged_conv, prefix_tokens)
         )
         trunc_normal_linears(self.bottleneck)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
         norm, bottleneck = self.norm, self.bottleneck
         weight, bias = norm.weight * self.gamma, norm.bias * self.gamma
         z = ScaledLayerNorm.apply(x, weight, bias, self.gammax, norm.eps)
-        h = bottleneck.act(bottleneck.mid(bottleneck.down(z)))
+        h = bottleneck.act(bottleneck.mid(bottleneck.down(z), layout))
         return x + dropout_linear(h, bottleneck.up, bottleneck.drop.p if self.training else 0.0)
 
 
@@ -167,11 +214,11 @@ class Mona(BlockInsertion):
     config_class = MonaConfig
     cfg: MonaConfig
 
-    def insert(self, block: SwinTransformerBlock) -> None:
-        slots = slots_of(block)
+    def insert(self, block: Block) -> None:
+        slots = block.slots
         slots.post_attn = self._module(block.dim)
         slots.post_mlp = self._module(block.dim)
 
     def _module(self, dim: int) -> MonaModule:
         cfg = self.cfg
-        return MonaModule(dim, cfg.dim, cfg.dropout, cfg.scalar_scales, cfg.merged_conv)
+        return MonaModule(dim, cfg.dim, cfg.dropout, cfg.scalar_scales, cfg.merged_conv, cfg.prefix_tokens)

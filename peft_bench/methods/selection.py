@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone
 from peft_bench.methods.base import Method, freeze, register_method
 
 
@@ -12,7 +12,7 @@ from peft_bench.methods.base import Method, freeze, register_method
 class Full(Method):
     """Every backbone tensor trains."""
 
-    def apply(self, backbone: SwinBackbone) -> None:
+    def apply(self, backbone: Backbone) -> None:
         for p in backbone.parameters():
             p.requires_grad_(True)
 
@@ -21,7 +21,7 @@ class Full(Method):
 class Fixed(Method):
     """The backbone is frozen; only the neck and head train."""
 
-    def apply(self, backbone: SwinBackbone) -> None:
+    def apply(self, backbone: Backbone) -> None:
         freeze(backbone)
 
 
@@ -29,20 +29,20 @@ class Fixed(Method):
 class BitFit(Method):
     """Every tensor whose name contains `bias`, as the reference code selects them.
 
-    That takes the qkv/proj/fc1/fc2 and LayerNorm biases, the patch-embed bias and the
+    That takes the qkv/proj/fc1/fc2 and LayerNorm biases, the patch-embed bias and any
     relative-position bias tables (which the name match includes).
     """
 
-    def apply(self, backbone: SwinBackbone) -> None:
+    def apply(self, backbone: Backbone) -> None:
         for name, p in backbone.named_parameters():
             p.requires_grad_("bias" in name)
 
 
 @register_method("normtuning", label="NormTuning")
 class NormTuning(Method):
-    """Every LayerNorm's weight and bias: block, patch-embed, patch-merging and output norms."""
+    """Every LayerNorm's weight and bias: in blocks, the embedding, between stages and at the output."""
 
-    def apply(self, backbone: SwinBackbone) -> None:
+    def apply(self, backbone: Backbone) -> None:
         freeze(backbone)
         for module in backbone.modules():
             if isinstance(module, nn.LayerNorm):
@@ -52,9 +52,8 @@ class NormTuning(Method):
 
 @register_method("partial1", label="Partial-1")
 class Partial1(Method):
-    """Only the last block of the last stage trains (`layers.3.blocks.1` on Swin-T/S/B/L)."""
+    """Only the last block of the last stage trains."""
 
-    def apply(self, backbone: SwinBackbone) -> None:
+    def apply(self, backbone: Backbone) -> None:
         freeze(backbone)
-        for p in backbone.layers[-1].blocks[-1].parameters():
-            p.requires_grad_(True)
+        backbone.transformer_blocks()[-1].module.requires_grad_(True)

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone, Part
 from peft_bench.config import MethodConfig
+from peft_bench.layers.merge import Mergeable
 from peft_bench.methods.base import Method, freeze, register_method
-from peft_bench.methods.merge import Mergeable
 
 
 @dataclass
@@ -112,23 +111,18 @@ def scale_shift(module: nn.Module, std: float) -> ScaleShift:
     raise TypeError(f"SSF wraps a Linear, Conv2d or LayerNorm, not {type(module).__name__}")
 
 
-BLOCK_TARGETS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
-
-
-def ssf_targets(backbone: SwinBackbone) -> Iterator[str]:
-    """The modules the reference code follows with an SSF, by name: the patch embedding's conv and
-    norm, in every block norm1, qkv, proj, norm2, fc1 and fc2, every patch merging's norm (not
-    its bias-free reduction), and the output norm(s)."""
-    yield from ("patch_embed.proj", "patch_embed.norm")
-    for s, stage in enumerate(backbone.layers):
-        if isinstance(stage.downsample, PatchMerging):  # timm's layout: it starts stages 1-3
-            yield f"layers.{s}.downsample.norm"
-        for b in range(len(stage.blocks)):
-            yield from (f"layers.{s}.blocks.{b}.{target}" for target in BLOCK_TARGETS)
-    if backbone.output_norms is not None:
-        yield from (f"output_norms.{i}" for i in range(len(backbone.output_norms)))
-    else:
-        yield "norm"
+def ssf_targets(backbone: Backbone) -> Iterator[str]:
+    """The modules the reference code follows with an SSF, by name, in forward order: the patch
+    embedding's conv and norm, the norm of each transition between stages (a patch merging's, not
+    its bias-free reduction: `Backbone.outer_layers`), in every block norm1, qkv, proj, norm2, fc1
+    and fc2, and the output norm(s)."""
+    yield from backbone.outer_layers(None)
+    blocks = backbone.transformer_blocks()
+    for stage in range(len(backbone.stage_dims)):
+        yield from backbone.outer_layers(stage)
+        for block in (b for b in blocks if b.stage == stage):
+            yield from (block.part_name(part) for part in Part)
+    yield from backbone.head_norms()
 
 
 @register_method("ssf", label="SSF")
@@ -142,7 +136,7 @@ class SSF(Method):
     config_class = SSFConfig
     cfg: SSFConfig
 
-    def apply(self, backbone: SwinBackbone) -> None:
+    def apply(self, backbone: Backbone) -> None:
         freeze(backbone)
         for name in list(ssf_targets(backbone)):
             parent, _, leaf = name.rpartition(".")

@@ -6,10 +6,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
-from peft_bench.backbones.swin import SwinBackbone, slots_of
+from peft_bench.backbones.base import Backbone, Block
 from peft_bench.config import MethodConfig
 from peft_bench.methods.base import BlockInsertion, register_method
 
@@ -17,6 +16,10 @@ from peft_bench.methods.base import BlockInsertion, register_method
 @dataclass
 class VPTConfig(MethodConfig):
     prompts: int = 49  # prompt tokens per block P (the reference's NUM_PROMPTS, one 7x7 window)
+    # Where the prompts join the attention: after norm1, unnormed (true: the Mona authors' code), or
+    # with the tokens, normed by norm1 (false: VPT's own code). None: as the backbone family's
+    # reference VPT code (`Backbone.prompts_after_norm`).
+    after_norm: bool | None = None
 
 
 def prompt_init_bound(patch_size: tuple[int, int], embed_dim: int) -> float:
@@ -40,22 +43,26 @@ class Prompts(nn.Module):
 
 @register_method("vpt", label="VPT")
 class VPT(BlockInsertion):
-    """VPT-deep placed as the Mona authors' Swin VPT: P prompts per block in the slot `attn_prefix`.
+    """VPT-deep: P prompts per block in the slot `attn_prefix`.
 
-    Every window's queries also attend to the block's P prompts (zero position bias, never masked
-    by the shift); the prompts join after `norm1` (not normed themselves) and their outputs are
-    dropped, so each block starts from fresh prompts and nothing crosses patch merging. Init
-    uniform(+-sqrt(6 / (3 * 4 * 4 + C))), C the stage-0 width. Per block: P * m.
+    The block's queries also attend to its P prompts (in windowed attention: every window's, with a
+    zero position bias, never masked by the shift); their outputs are dropped, so each block starts
+    from fresh prompts and nothing crosses a transition between stages. They join after `norm1`
+    (unnormed, as the Mona authors' code places them) or normed with the tokens (as VPT's code),
+    `after_norm`. Init uniform(+-sqrt(6 / (3 * p * p + C))), p the patch and C the stage-0 width.
+    Per block: P * m.
     """
 
     config_class = VPTConfig
     cfg: VPTConfig
 
-    def apply(self, backbone: SwinBackbone) -> None:
-        self.bound = prompt_init_bound(backbone.patch_embed.patch_size, backbone.spec.embed_dim)
+    def apply(self, backbone: Backbone) -> None:
+        self.bound = prompt_init_bound(backbone.patch_size, backbone.stage_dims[0])
+        after_norm = self.cfg.after_norm
+        self.after_norm = backbone.prompts_after_norm if after_norm is None else after_norm
         super().apply(backbone)
 
-    def insert(self, block: SwinTransformerBlock) -> None:
-        slots = slots_of(block)
+    def insert(self, block: Block) -> None:
+        slots = block.slots
         slots.attn_prefix = Prompts(self.cfg.prompts, block.dim, self.bound)
-        slots.attn_prefix_normed = True
+        slots.attn_prefix_normed = self.after_norm

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from peft_bench.models.upernet import resize
-
-IGNORE_INDEX = 255
+from peft_bench.data.targets import IGNORE_INDEX
+from peft_bench.layers.maps import resize
 
 
 def segmentation_scores(confmat: torch.Tensor) -> dict[str, float]:

@@ -6,15 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone
 from peft_bench.config import HeadInit
-from peft_bench.models.base import TaskModel
+from peft_bench.engine.contract import TaskModel
 
 
 class ClassificationModel(TaskModel):
     def __init__(
         self,
-        backbone: SwinBackbone,
+        backbone: Backbone,
         num_classes: int,
         label_smoothing: float = 0.0,
         init: HeadInit = HeadInit.trunc_normal,
@@ -24,7 +24,7 @@ class ClassificationModel(TaskModel):
         self.head = nn.Linear(backbone.num_features, num_classes)
         if HeadInit(init) is HeadInit.normal:  # mmcls's LinearClsHead: Normal(std=0.01), bias 0
             nn.init.normal_(self.head.weight, std=0.01)
-        else:  # Swin's _init_weights
+        else:  # timm's `_init_weights` of its transformers
             nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         self.label_smoothing = label_smoothing

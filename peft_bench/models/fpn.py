@@ -1,4 +1,5 @@
-"""The Swin as a torchvision-style multi-scale backbone, and the Swin + FPN of the detectors."""
+"""A backbone's pyramid as a torchvision-style multi-scale backbone, and the backbone + FPN of the
+detectors."""
 
 from __future__ import annotations
 
@@ -10,24 +11,25 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelP6P7
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone
 
 
 class PyramidBackbone(nn.Module):
-    """Normed stage outputs of `stages` (0-3, strides 4-32) as an OrderedDict of (B, C, H, W) maps,
-    keyed "0", "1", ... in order, as torchvision's detection necks expect."""
+    """The pyramid levels `stages` (0-3, strides 4-32) of a backbone as an OrderedDict of (B, C, H, W)
+    maps, keyed "0", "1", ... in order, as torchvision's detection necks expect: the backbone's
+    normed maps through the `Pyramid` it makes for them (`pyramid`, trained with the neck)."""
 
-    def __init__(self, swin: SwinBackbone, stages: Sequence[int] = (0, 1, 2, 3)) -> None:
+    def __init__(self, backbone: Backbone, stages: Sequence[int] = (0, 1, 2, 3)) -> None:
         super().__init__()
-        if swin.output_norms is None:
-            raise ValueError("call swin.prepare_output_norms(per_stage=True) before building a pyramid")
-        self.swin = swin
-        self.stages = tuple(stages)
-        self.in_channels = [swin.stage_dims[s] for s in self.stages]
+        if backbone.output_norms is None:
+            raise ValueError("call backbone.prepare_output_norms(per_stage=True) before building a pyramid")
+        self.backbone = backbone
+        self.pyramid = backbone.pyramid(stages)
+        self.in_channels = list(self.pyramid.channels)
 
     def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        maps = self.swin.forward_pyramid(images)
-        return OrderedDict((str(i), maps[s]) for i, s in enumerate(self.stages))
+        levels = self.pyramid(self.backbone.forward_pyramid(images))
+        return OrderedDict((str(i), level) for i, level in enumerate(levels))
 
 
 class ExtraLevelsOnInput(LastLevelP6P7):
@@ -48,17 +50,19 @@ class ExtraLevelsOnInput(LastLevelP6P7):
         return [*p, p6, p7], [*names, "p6", "p7"]
 
 
-class SwinFPN(nn.Module):
-    """The `backbone` of a torchvision detector: the normed maps of Swin `stages` through an FPN of
+class BackboneFPN(nn.Module):
+    """The `backbone` of a torchvision detector: the pyramid levels of `body` through an FPN of
     `channels`, with the extra levels of `extra_blocks` (RetinaNet: P6/P7; R-CNN: a max-pooled P6)."""
 
-    def __init__(
-        self, swin: SwinBackbone, channels: int, stages: Sequence[int], extra_blocks: ExtraFPNBlock
-    ) -> None:
+    def __init__(self, body: PyramidBackbone, channels: int, extra_blocks: ExtraFPNBlock) -> None:
         super().__init__()
-        self.body = PyramidBackbone(swin, stages)
+        self.body = body
         self.fpn = FeaturePyramidNetwork(self.body.in_channels, channels, extra_blocks=extra_blocks)
         self.out_channels = channels
+
+    def neck(self) -> nn.ModuleList:
+        """What the paper counts as the neck: the pyramid's own layers (if any) and the FPN."""
+        return nn.ModuleList([self.body.pyramid, self.fpn])
 
     def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return self.fpn(self.body(images))

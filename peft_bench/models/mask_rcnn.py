@@ -1,11 +1,12 @@
-"""The detector of the paper's COCO runs: Cascade Mask R-CNN (or Mask R-CNN) on a Swin + FPN.
+"""The detector of the paper's COCO runs: Cascade Mask R-CNN (or Mask R-CNN) on a backbone + FPN.
 
-The detector is torchvision's `MaskRCNN` as mmdet's Swin configs build it: an FPN over the four Swin
-stages with a max-pooled fifth level, one anchor size per level with ratios 0.5 / 1 / 2, and images
-resized by torchvision's `GeneralizedRCNNTransform` (a random `head.min_size` per image in training,
-the last one in evaluation, the longer side capped at `head.max_size`), normalised with the ImageNet
-statistics from [0, 1] inputs. Cascade Mask R-CNN (`head=cascade_mask_rcnn`) swaps its RoI heads for the three
-cascade stages of `peft_bench.models.cascade`.
+The detector is torchvision's `MaskRCNN` as the reference's mmdet configs build it: an FPN over the
+four pyramid levels (strides 4-32) with a max-pooled fifth level, one anchor size per level with
+ratios 0.5 / 1 / 2, and images resized by torchvision's `GeneralizedRCNNTransform` (a random
+`head.min_size` per image in training, the last one in evaluation, the longer side capped at
+`head.max_size`), normalised with the ImageNet statistics from [0, 1] inputs. Cascade Mask R-CNN
+(`head=cascade_mask_rcnn`) swaps its RoI heads for the three cascade stages of
+`peft_bench.models.cascade`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone
 from peft_bench.config import MaskRCNNHeadConfig
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from peft_bench.engine.contract import TaskModel
 from peft_bench.errors import UserError
-from peft_bench.models.base import TaskModel
 from peft_bench.models.cascade import (
     REPRESENTATION,
     CascadeRoIHeads,
@@ -30,7 +31,7 @@ from peft_bench.models.cascade import (
     mmdet_stages,
 )
 from peft_bench.models.fp32 import Float32AnchorGenerator, Float32BoxPredictor, Float32RPNHead
-from peft_bench.models.fpn import SwinFPN
+from peft_bench.models.fpn import BackboneFPN, PyramidBackbone
 from peft_bench.models.rpn import MmdetRPN
 
 ANCHOR_SIZES = (32, 64, 128, 256, 512)  # mmdet's scale 8 at strides 4-64 (torchvision's default)
@@ -54,7 +55,7 @@ MMDET_BUDGET = ProposalBudget((2000, 1000), (2000, 1000), roi_samples=512, detec
 
 
 def build_detector(
-    swin: SwinBackbone, num_classes: int, head: MaskRCNNHeadConfig, budget: ProposalBudget, cascade: bool
+    backbone: Backbone, num_classes: int, head: MaskRCNNHeadConfig, budget: ProposalBudget, cascade: bool
 ) -> MaskRCNN:
     """torchvision's Mask R-CNN over `num_classes` object classes, with the cascade's RoI heads if
     `cascade`."""
@@ -75,7 +76,7 @@ def build_detector(
             "mask_roi_pool": MmcvRoIAlign(levels, 14, strides),
         }
     detector = MaskRCNN(
-        SwinFPN(swin, channels, (0, 1, 2, 3), LastLevelMaxPool()),
+        BackboneFPN(PyramidBackbone(backbone, (0, 1, 2, 3)), channels, LastLevelMaxPool()),
         min_size=tuple(head.min_size),
         max_size=head.max_size,
         image_mean=list(IMAGENET_MEAN),
@@ -125,7 +126,7 @@ class InstanceSegmentationModel(TaskModel):
 
     def __init__(
         self,
-        backbone: SwinBackbone,
+        backbone: Backbone,
         num_classes: int,
         head: MaskRCNNHeadConfig,
         budget: ProposalBudget = MMDET_BUDGET,
@@ -135,12 +136,12 @@ class InstanceSegmentationModel(TaskModel):
         self.detector = build_detector(backbone, num_classes, head, budget, cascade)
 
     @property
-    def backbone(self) -> SwinBackbone:  # nested in the detector: exposed, not registered twice
-        return self.detector.backbone.body.swin
+    def backbone(self) -> Backbone:  # nested in the detector: exposed, not registered twice
+        return self.detector.backbone.body.backbone
 
     @property
     def neck(self) -> nn.Module:
-        return self.detector.backbone.fpn
+        return self.detector.backbone.neck()
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         losses = self.detector(images, targets)

@@ -1,11 +1,12 @@
-"""The detector of the paper's VOC runs: torchvision's RetinaNet on a Swin + FPN.
+"""The detector of the paper's VOC runs: torchvision's RetinaNet on a backbone + FPN.
 
-The neck follows the paper's reference mmdet config for VOC: an FPN over Swin stages 1-3 (strides 8,
-16, 32; widths 2m, 4m, 8m) with 5 outputs, P6 computed from C5 and P7 from P6 (mmdet's
-`add_extra_convs='on_input'`), with a ReLU before P7 as torchvision's or none as mmdet's default
-(`head.relu_before_extra_convs`). The head is torchvision's RetinaNet, whose settings match mmdet's
-RetinaNet: 3 scales x 3 ratios of anchors per level, IoU 0.5 / 0.4 assignment, focal + L1 losses;
-at test, score > 0.05, the top 1000 per level, NMS at 0.5, at most 100 detections per image.
+The neck follows the paper's reference mmdet config for VOC: an FPN over pyramid levels 1-3
+(strides 8, 16, 32; on a hierarchical backbone its stages 1-3, widths 2m, 4m, 8m) with 5 outputs,
+P6 computed from C5 and P7 from P6 (mmdet's `add_extra_convs='on_input'`), with a ReLU before P7
+as torchvision's or none as mmdet's default (`head.relu_before_extra_convs`). The head is
+torchvision's RetinaNet, whose settings match mmdet's RetinaNet: 3 scales x 3 ratios of anchors
+per level, IoU 0.5 / 0.4 assignment, focal + L1 losses; at test, score > 0.05, the top 1000 per
+level, NMS at 0.5, at most 100 detections per image.
 
 Labels. Datasets give labels 1..K (0 is torchvision's background id). torchvision's RetinaNet has no
 background class: its sigmoid classifier has `num_classes` outputs, and a box of label l trains
@@ -19,26 +20,25 @@ import torch
 from torch import nn
 from torchvision.models.detection import RetinaNet
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone
 from peft_bench.config import RetinaNetHeadConfig
 from peft_bench.data.targets import Target
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from peft_bench.engine.contract import TaskModel
 from peft_bench.errors import UserError
-from peft_bench.models.base import TaskModel
 from peft_bench.models.fp32 import Float32AnchorGenerator, Float32RetinaNetHead
-from peft_bench.models.fpn import ExtraLevelsOnInput, SwinFPN
+from peft_bench.models.fpn import BackboneFPN, ExtraLevelsOnInput, PyramidBackbone
 
 FPN_STAGES = (1, 2, 3)
 RATIOS = (0.5, 1.0, 2.0)
 TORCHVISION_ANCHOR_SIZES = (32, 64, 128, 256, 512)  # base sizes on P3-P7: torchvision's and mmdet's
 
 
-def retinanet_fpn(swin: SwinBackbone, head: RetinaNetHeadConfig) -> SwinFPN:
-    """The FPN over stages 1-3 with P6 from C5 and P7 from P6."""
-    extra = ExtraLevelsOnInput(
-        swin.stage_dims[FPN_STAGES[-1]], head.fpn_channels, head.relu_before_extra_convs
-    )
-    return SwinFPN(swin, head.fpn_channels, FPN_STAGES, extra)
+def retinanet_fpn(backbone: Backbone, head: RetinaNetHeadConfig) -> BackboneFPN:
+    """The FPN over levels 1-3 with P6 from C5 and P7 from P6."""
+    body = PyramidBackbone(backbone, FPN_STAGES)
+    extra = ExtraLevelsOnInput(body.in_channels[-1], head.fpn_channels, head.relu_before_extra_convs)
+    return BackboneFPN(body, head.fpn_channels, extra)
 
 
 def anchor_generator(base_sizes: list[int]) -> Float32AnchorGenerator:
@@ -49,16 +49,16 @@ def anchor_generator(base_sizes: list[int]) -> Float32AnchorGenerator:
 
 
 class RetinaNetModel(TaskModel):
-    """The detector; `backbone` and `neck` are views into it (the Swin and the FPN)."""
+    """The detector; `backbone` and `neck` are views into it (the backbone, its pyramid and the FPN)."""
 
-    def __init__(self, swin: SwinBackbone, num_classes: int, head: RetinaNetHeadConfig) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, head: RetinaNetHeadConfig) -> None:
         super().__init__()
         if head.anchor_sizes is not None and len(head.anchor_sizes) != len(FPN_STAGES) + 2:
             raise UserError(
                 f"head.anchor_sizes needs one base size per FPN level ({len(FPN_STAGES) + 2}: P3-P7), "
                 f"got {list(head.anchor_sizes)}."
             )
-        fpn = retinanet_fpn(swin, head)
+        fpn = retinanet_fpn(backbone, head)
         anchors = anchor_generator(list(head.anchor_sizes or TORCHVISION_ANCHOR_SIZES))
         self.detector = RetinaNet(
             fpn,
@@ -73,12 +73,12 @@ class RetinaNetModel(TaskModel):
         )
 
     @property
-    def backbone(self) -> SwinBackbone:
-        return self.detector.backbone.body.swin
+    def backbone(self) -> Backbone:
+        return self.detector.backbone.body.backbone
 
     @property
     def neck(self) -> nn.Module:
-        return self.detector.backbone.fpn
+        return self.detector.backbone.neck()
 
     def forward(self, images: list[torch.Tensor], targets: list[Target]) -> torch.Tensor:
         """The sum of the focal classification and L1 box-regression losses."""

@@ -1,12 +1,13 @@
-"""The segmenter of the paper's ADE20K runs: UperNet and its auxiliary FCN head on the Swin's stage maps.
+"""The segmenter of the paper's ADE20K runs: UperNet and its auxiliary FCN head on the backbone's pyramid.
 
 As mmsegmentation's `upernet_swin` config: the UperNet decoder (`peft_bench.models.upernet`) and a
-classifier at stride 4; in training an auxiliary FCN head on stage 3 (stride 16, 256 channels)
+classifier at stride 4; in training an auxiliary FCN head on level 2 (stride 16, 256 channels)
 adds `head.aux_weight` times its loss. Each loss is mmseg's: the logits upsampled to the labels,
 cross-entropy with 255 ignored, averaged over all pixels (mmseg's `avg_non_ignore=False`).
 
-Parameter groups: `backbone` is the Swin (the paper counts it alone), `neck` the UperNet decoder
-(pyramid pooling, FPN and fusion), and the head is the classifier plus the auxiliary head.
+Parameter groups: `backbone` is the backbone (the paper counts it alone), `neck` the UperNet decoder
+(pyramid pooling, FPN and fusion) and the pyramid's own layers if any, and the head is the
+classifier plus the auxiliary head.
 
 Inference (`head.inference`): `whole` runs the image at once; `slide` is mmseg's sliding window,
 windows of `head.slide_crop` every `head.slide_stride` pixels, the last of each row and column
@@ -20,15 +21,17 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone
 from peft_bench.config import Inference
-from peft_bench.metrics.miou import IGNORE_INDEX
-from peft_bench.models.base import TaskModel
+from peft_bench.data.targets import IGNORE_INDEX
+from peft_bench.engine.contract import TaskModel
+from peft_bench.layers.maps import resize
 from peft_bench.models.fpn import PyramidBackbone
-from peft_bench.models.upernet import FCNHead, UperNetDecoder, classifier, resize
+from peft_bench.models.upernet import FCNHead, UperNetDecoder, classifier
 
-AUX_STAGE = 2  # mmseg's in_index=2: stage 3, stride 16
+AUX_STAGE = 2  # mmseg's in_index=2: the third level (stage), stride 16
 AUX_CHANNELS = 256
 
 
@@ -80,12 +83,12 @@ def slide_inference(
 
 
 class UperNetSegmenter(TaskModel):
-    """The Swin through `PyramidBackbone`, the UperNet decoder and classifier, and in training the
+    """The backbone through `PyramidBackbone`, the UperNet decoder and classifier, and in training the
     auxiliary FCN head. Images and labels come as lists (sizes may differ) or batched tensors."""
 
     def __init__(
         self,
-        swin: SwinBackbone,
+        backbone: Backbone,
         num_classes: int,
         channels: int = 512,
         aux_weight: float = 0.4,
@@ -94,7 +97,7 @@ class UperNetSegmenter(TaskModel):
         slide_stride: int = 341,
     ) -> None:
         super().__init__()
-        self.body = PyramidBackbone(swin, (0, 1, 2, 3))
+        self.body = PyramidBackbone(backbone, (0, 1, 2, 3))
         self.decoder = UperNetDecoder(self.body.in_channels, channels)
         self.classifier = classifier(channels, num_classes)
         in_aux = self.body.in_channels[AUX_STAGE]
@@ -103,15 +106,15 @@ class UperNetSegmenter(TaskModel):
         self.inference = inference
         self.slide_crop = slide_crop
         self.slide_stride = slide_stride
-        self.size_divisor = swin.patch_embed.patch_size[0]  # the Swin takes multiples of its patch
+        self.size_divisor = backbone.size_divisor
 
     @property
-    def backbone(self) -> SwinBackbone:  # type: ignore[override]
-        return self.body.swin
+    def backbone(self) -> Backbone:  # type: ignore[override]
+        return self.body.backbone
 
     @property
-    def neck(self) -> UperNetDecoder:  # type: ignore[override]
-        return self.decoder
+    def neck(self) -> nn.ModuleList:  # type: ignore[override]
+        return nn.ModuleList([self.body.pyramid, self.decoder])
 
     def _maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(images).values())

@@ -12,14 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from peft_bench.layers.maps import resize
+
 PPM_SCALES = (1, 2, 3, 6)
-
-
-def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class ConvModule(nn.Sequential):

@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from peft_bench.errors import UserError
-from peft_bench.registry import config_session
+from peft_bench.plugins import config_session
 from peft_bench.results.protocol import protocol_hash
 
 

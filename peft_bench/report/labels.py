@@ -1,10 +1,11 @@
 """Display names of methods, datasets, backbones and metrics, spelt as the paper does; a name
-without one is shown as it is. A method's name is the label it registered with."""
+without one is shown as it is. A method's or a backbone's name is the label it registered with."""
 
 from __future__ import annotations
 
+from peft_bench.backbones import BACKBONES
 from peft_bench.methods import METHODS
-from peft_bench.registry import load_plugins
+from peft_bench.plugins import load_plugins
 
 NAMES = {
     # datasets
@@ -14,13 +15,6 @@ NAMES = {
     "flowers102": "Flowers102",
     "pets": "OxfordPets",
     "voc2007": "VOC2007",
-    # backbones
-    "swin_nano": "Swin-nano",
-    "swin_micro": "Swin-micro",
-    "swin_t": "Swin-T",
-    "swin_s": "Swin-S",
-    "swin_b": "Swin-B",
-    "swin_l": "Swin-L",
     # metrics
     "ap_box": "AP_box",
     "ap_mask": "AP_mask",
@@ -32,7 +26,9 @@ NAMES = {
 
 
 def label(name: object) -> str:
-    load_plugins()  # a plugin's method is labelled as it registered
+    load_plugins()  # a plugin's method or backbone is labelled as it registered
     if str(name) in METHODS:
         return METHODS[str(name)].label
+    if str(name) in BACKBONES:
+        return BACKBONES[str(name)].label
     return NAMES.get(str(name), str(name))

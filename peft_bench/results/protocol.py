@@ -44,6 +44,8 @@ NON_PROTOCOL_KEYS = (
 NEUTRAL: dict[str, Any] = {
     "backbone.always_partition": False,
     "backbone.fresh_output_norms": False,
+    "method.after_norm": None,  # VPT: the family's own placement (the Mona authors' on Swin)
+    "method.prefix_tokens": "convpass",  # Mona: nothing to treat on a backbone without prefix tokens
     "head.init": "trunc_normal",
     "head.relu_before_extra_convs": True,
     "head.box_head": "shared2fc",

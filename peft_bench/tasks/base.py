@@ -15,15 +15,14 @@ from dataclasses import dataclass
 import torch
 from hydra.core.config_store import ConfigStore
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone
 from peft_bench.config import Config, HeadConfig
 from peft_bench.data.base import TaskData
-from peft_bench.metrics.base import Evaluator
-from peft_bench.models.base import TaskModel
+from peft_bench.engine.contract import Evaluator, TaskModel
 from peft_bench.registry import Registry
 
 DataBuilder = Callable[[Config], TaskData]
-ModelBuilder = Callable[[SwinBackbone, int, Config], TaskModel]  # (tuned backbone, classes, config)
+ModelBuilder = Callable[[Backbone, int, Config], TaskModel]  # (tuned backbone, classes, config)
 
 
 @dataclass(frozen=True)
@@ -52,8 +51,8 @@ class Head:
     task: str
     build: ModelBuilder
     config: type[HeadConfig]  # its schema: the fields of `head.<key>`
-    # The Swin stages whose normed maps feed the head (a dense head: one output norm per stage, any
-    # input size); None: the final norm's pooled features (classification).
+    # The pyramid levels that feed the head (0-3, strides 4-32: a hierarchical backbone's stages), a
+    # dense head (output norms, any input size); None: the final norm's pooled features (classification).
     stages: tuple[int, ...] | None = None
 
     @property
@@ -87,8 +86,8 @@ def register_head(
     name: str, *, task: str, config: type[HeadConfig], stages: tuple[int, ...] | None = None
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Function decorator: `head=<name>` builds the task model of `task` with the function, fed by
-    the normed maps of Swin `stages` (None: pooled features). `config` is its schema, stored with
-    Hydra as the group entry `head/<name>` and as `schema/head/<name>`."""
+    the pyramid levels `stages` (0-3, strides 4-32; None: pooled features). `config` is its schema,
+    stored with Hydra as the group entry `head/<name>` and as `schema/head/<name>`."""
 
     def add(build: ModelBuilder) -> ModelBuilder:
         HEADS.add(name, Head(name, task, build, config, stages))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from peft_bench.backbones import image_size
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone
 from peft_bench.config import Config, LinearHeadConfig
 from peft_bench.data.base import TaskData
 from peft_bench.data.classification import CLASSIFICATION_DATASETS, build_classification_data
@@ -19,7 +19,7 @@ register_task(
 
 
 @register_head("linear", task="classification", config=LinearHeadConfig)
-def linear_head(backbone: SwinBackbone, num_classes: int, cfg: Config) -> ClassificationModel:
+def linear_head(backbone: Backbone, num_classes: int, cfg: Config) -> ClassificationModel:
     return ClassificationModel(backbone, num_classes, cfg.trainer.label_smoothing, cfg.head.init)
 
 

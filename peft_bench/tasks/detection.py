@@ -1,8 +1,8 @@
-"""Object detection: RetinaNet on a Swin + FPN (`peft_bench.models.retinanet`), VOC mAP at IoU 0.5."""
+"""Object detection: RetinaNet on a backbone + FPN (`peft_bench.models.retinanet`), VOC mAP at IoU 0.5."""
 
 from __future__ import annotations
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone
 from peft_bench.config import Config, RetinaNetHeadConfig
 from peft_bench.data.base import TaskData
 from peft_bench.data.embedded import build_scene_detection_data, scene_size
@@ -15,7 +15,7 @@ register_task("detection", main_metric="ap50", evaluator=lambda data, device: VO
 
 
 @register_head("retinanet", task="detection", config=RetinaNetHeadConfig, stages=FPN_STAGES)
-def retinanet_head(backbone: SwinBackbone, num_classes: int, cfg: Config) -> RetinaNetModel:
+def retinanet_head(backbone: Backbone, num_classes: int, cfg: Config) -> RetinaNetModel:
     return RetinaNetModel(backbone, num_classes, cfg.head)
 
 

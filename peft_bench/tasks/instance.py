@@ -1,9 +1,9 @@
-"""Instance segmentation: Cascade Mask R-CNN (or Mask R-CNN) on a Swin + FPN
+"""Instance segmentation: Cascade Mask R-CNN (or Mask R-CNN) on a backbone + FPN
 (`peft_bench.models.mask_rcnn`); COCO box and mask mAP."""
 
 from __future__ import annotations
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone
 from peft_bench.config import Config, MaskRCNNHeadConfig
 from peft_bench.data.base import TaskData
 from peft_bench.data.coco import build_coco_data
@@ -22,7 +22,7 @@ register_task("instance", main_metric="ap_mask", evaluator=lambda data, device: 
 def detector(cascade: bool) -> ModelBuilder:
     """The builder of Mask R-CNN, with the cascade's RoI heads or not."""
 
-    def build(backbone: SwinBackbone, num_classes: int, cfg: Config) -> InstanceSegmentationModel:
+    def build(backbone: Backbone, num_classes: int, cfg: Config) -> InstanceSegmentationModel:
         budget = BUDGETS.get(cfg.data.name, MMDET_BUDGET)
         return InstanceSegmentationModel(backbone, num_classes, cfg.head, budget, cascade)
 

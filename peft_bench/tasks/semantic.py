@@ -1,4 +1,4 @@
-"""Semantic segmentation: UperNet on the Swin's four normed stage maps (`peft_bench.models.segmenter`); mIoU.
+"""Semantic segmentation: UperNet on the backbone's four pyramid levels (`peft_bench.models.segmenter`); mIoU.
 
 Config: for ADE20K, `data.image_size` is the side of the training crops (None: 512) and the resize
 scale is `head.max_size` (long side cap) by `head.min_size` (short side, a single value); for the
@@ -7,7 +7,7 @@ embedded `shapes_seg`, `data.image_size` is the side of the generated scenes (No
 
 from __future__ import annotations
 
-from peft_bench.backbones.swin import SwinBackbone
+from peft_bench.backbones.base import Backbone
 from peft_bench.config import Config, UperNetHeadConfig
 from peft_bench.data.ade20k import ADE20K_CROP, build_ade20k_data
 from peft_bench.data.base import TaskData
@@ -25,7 +25,7 @@ register_task(
 
 
 @register_head("upernet", task="semantic", config=UperNetHeadConfig, stages=(0, 1, 2, 3))
-def upernet_head(backbone: SwinBackbone, num_classes: int, cfg: Config) -> UperNetSegmenter:
+def upernet_head(backbone: Backbone, num_classes: int, cfg: Config) -> UperNetSegmenter:
     head = cfg.head
     return UperNetSegmenter(
         backbone,
