@@ -112,11 +112,13 @@ def test_the_method_contract(method: str, backbone: str, dataset: str) -> None:
 
     images, targets = inputs(dataset)
     if method in AT_THE_BASE:
-        at_init, base_model = build(method, backbone, dataset, AT_THE_BASE[method])[:2]
+        options = AT_THE_BASE[method]
+        at_init, at_base = build(method, backbone, dataset, options)[:2] if options else (model, base)
         with torch.no_grad():
-            for ours, theirs in zip(
-                features(at_init.backbone, dense, images), features(base_model, dense, images), strict=True
-            ):
+            pairs = zip(
+                features(at_init.backbone, dense, images), features(at_base, dense, images), strict=True
+            )
+            for ours, theirs in pairs:
                 torch.testing.assert_close(ours, theirs)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
