@@ -120,23 +120,26 @@ class MethodConfig:
 
 @dataclass
 class BackboneConfig:
-    name: str = "swin_micro"
-    # `in22k` (timm hub), `none` (random init), a short name of a shipped checkpoint, or a path
-    # to a local checkpoint in timm, Microsoft or OpenMMLab format.
+    name: str = "swin_micro"  # a registered size (`peft_bench.backbones.BACKBONES`)
+    # `none` (random init), a name of the size's hub weights (`in22k` for Swin, `in21k` for ViT-B/L,
+    # ...), of a shipped checkpoint (`mini`), or a path to a local checkpoint (Swin: timm, Microsoft
+    # or OpenMMLab format; ViT: timm, or Google's .npz).
     weights: str = "none"
-    img_size: int | None = None  # None: the size's native resolution (224; 64 for swin_micro)
-    window_size: int | None = None  # None: the size's native window (7; 4 for swin_micro)
+    img_size: int | None = None  # None: the size's native resolution (224; 64 for the embedded sizes)
+    window_size: int | None = None  # Swin only. None: the size's native window (7; 4 for swin_micro)
     drop_path_rate: float = 0.0
     # Every block keeps its window and shift whatever the size of its map, as the Swin detection and
     # segmentation code (the reference's) does; false: timm's, which shrinks the window of a map
     # no larger than it and drops its shift (stage 3 of a 224-px build, any stage of a small map).
+    # A family without windows (ViT) has nothing to partition and ignores it.
     always_partition: bool = False
     # The norms that feed the head start fresh (weight 1, bias 0), as in the reference runs, whose
     # checkpoint's final `norm` has no place to load (dense: the four per-stage norms; classification:
     # the final one); false: the pretrained final norm's weights (the last per-stage norm's, dense).
     fresh_output_norms: bool = False
-    # As the Swin detection code the paper builds on: >= 0 (and 1) freezes the patch embedding,
-    # N >= 2 also stages 0..N-2, whatever the method. The reference VOC detection config uses 1.
+    # As the Swin detection code the paper builds on: >= 0 (and 1) freezes the embedding, N >= 2
+    # also stages 0..N-2, whatever the method (a ViT has one stage). The reference VOC detection
+    # config uses 1.
     frozen_stages: int = -1
 
 
