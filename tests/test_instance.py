@@ -602,7 +602,7 @@ def test_training_step_and_prediction(name: str, scenes) -> None:
     loss.backward()
     assert all(p.grad is not None for p in model.neck.parameters())
     manifest = trainable_manifest(model, model.backbone, model.neck)  # the paper's grouping
-    assert all(n.startswith("detector.backbone.body.swin.") for n in manifest["backbone"])
+    assert all(n.startswith("detector.backbone.body.backbone.") for n in manifest["backbone"])
     assert all(n.startswith("detector.backbone.fpn.") for n in manifest["neck"]) and manifest["neck"]
     assert all(n.startswith(("detector.rpn.", "detector.roi_heads.")) for n in manifest["head"])
     model.eval()
