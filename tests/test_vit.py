@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from conftest import records, run_cli
 from hydra import compose
 from torch import nn
 
-from peft_bench.backbones import build_backbone
+from peft_bench.backbones import build_backbone, weights
 from peft_bench.backbones.vit import SimpleFeaturePyramid, ViTBackbone, build_vit
 from peft_bench.builder import build_tuned_backbone
 from peft_bench.config import BackboneConfig
@@ -254,3 +255,18 @@ def test_a_vit_runs_every_task_from_the_command_line(dataset: str, method: str, 
     assert result.returncode == 0, result.stderr
     [record] = records(results_dir)
     assert (record["status"], record["backbone"], record["steps"]) == ("completed", "vit_micro", 2)
+
+
+def test_hub_weights_load_from_the_hf_cache_without_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`backbone.weights=augreg_in21k` through timm's hub loader, from the cached file (offline), its
+    position table resampled to the build's grid."""
+    released = timm.create_model("vit_tiny_patch16_224", num_classes=0)  # the hub file's layout
+    cached = tmp_path / "model.safetensors"
+    safetensors.torch.save_file(released.state_dict(), cached)
+    monkeypatch.setattr(weights, "cached_hub_file", lambda model: cached)
+    loaded = build_backbone(BackboneConfig(name="vit_t", weights="augreg_in21k", img_size=64))
+    block = "blocks.3.attn.qkv.weight"
+    assert torch.equal(loaded.state_dict()[block], released.state_dict()[block])
+    assert loaded.pos_embed.shape == (1, 1 + 4 * 4, 192)  # 14 x 14 resampled to 4 x 4

@@ -180,8 +180,8 @@ class Backbone(nn.Module, ABC):
         self, stage: int, x: torch.Tensor, layout: TokenLayout | None
     ) -> tuple[torch.Tensor, TokenLayout | None]:
         """The previous stage's output as `stage`'s input, and its layout: through `transition(stage)`,
-        the layout kept. A family whose transition needs or changes the layout (prefix tokens on a
-        shrinking grid) overrides this."""
+        the layout kept. Called for each stage that has a transition; a family whose transition
+        needs or changes the layout (prefix tokens on a shrinking grid) overrides this."""
         transition = self.transition(stage)
         return (x if transition is None else transition(x)), layout
 
