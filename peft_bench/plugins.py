@@ -18,9 +18,7 @@ from importlib.metadata import entry_points
 from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
 
-import peft_bench.backbones
-import peft_bench.methods
-import peft_bench.tasks  # noqa: F401  (the package's own entries register on import)
+from peft_bench import backbones, methods, tasks  # noqa: F401  (the package's own register on import)
 from peft_bench.config import Config
 
 log = logging.getLogger(__name__)
