@@ -161,11 +161,10 @@ def build(cfg: BackboneConfig, dynamic_size: bool, pretrained: bool) -> PiTBackb
     return PiTBackbone(cfg.name, body, dynamic_size)
 
 
-register_backbone("pit_micro", build=build, family="pit", label="PiT-micro", img_size=64)
+register_backbone("pit_micro", build=build, label="PiT-micro", img_size=64)
 register_backbone(
     "pit_ti",
     build=build,
-    family="pit",
     label="PiT-Ti",
     img_size=224,
     weights="in1k",

@@ -242,8 +242,9 @@ class Backbone(nn.Module, ABC):
         was applied: >= 0 (and 1) freezes the embedding; N >= 2 also stages 0..N-2 and the
         transition into stage N-1 (a patch merging ends a stage in that code's layout)."""
         frozen: list[nn.Module | nn.Parameter] = [*self.embedding()] if frozen_stages >= 0 else []
+        blocks = self.transformer_blocks()
         for stage in range(max(0, frozen_stages - 1)):
-            frozen.extend(b.module for b in self.transformer_blocks() if b.stage == stage)
+            frozen.extend(b.module for b in blocks if b.stage == stage)
             if stage + 1 < len(self.stage_dims):
                 frozen.append(self.transition(stage + 1))
         for tensors in frozen:
@@ -342,7 +343,6 @@ class BackboneEntry:
     """A registered backbone size: how to build it and what its name promises."""
 
     name: str
-    family: str  # e.g. "swin", "vit": sizes of one family share a module and a contract implementation
     label: str  # its name in tables, e.g. "Swin-T", "ViT-B/16"
     img_size: int  # the native input side
     build: Builder = field(compare=False)
@@ -360,7 +360,6 @@ def register_backbone(
     name: str,
     *,
     build: Builder,
-    family: str,
     label: str,
     img_size: int,
     weights: str = "none",
@@ -369,7 +368,7 @@ def register_backbone(
 ) -> BackboneEntry:
     """Make `backbone=<name>` a backbone, everywhere (the fields are `BackboneEntry`'s): stored with
     Hydra as the group entry `backbone/<name>`, its default weights set, so it needs no YAML file."""
-    entry = BackboneEntry(name, family, label, img_size, build, weights, hub or {}, shipped or {})
+    entry = BackboneEntry(name, label, img_size, build, weights, hub or {}, shipped or {})
     BACKBONES.add(name, entry)
     ConfigStore.instance().store(group="backbone", name=name, node=BackboneConfig(name=name, weights=weights))
     return entry

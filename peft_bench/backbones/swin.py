@@ -346,7 +346,6 @@ for _name, _spec in SWIN_SPECS.items():
     register_backbone(
         _name,
         build=_build,
-        family="swin",
         label=_spec.label,
         img_size=_spec.img_size,
         weights="in22k" if _spec.hub_tag else "mini",

@@ -344,7 +344,6 @@ for _name, _spec in VIT_SPECS.items():
     register_backbone(
         _name,
         build=_build,
-        family="vit",
         label=_spec.label,
         img_size=_spec.img_size,
         weights="mini" if _spec.shipped else next(iter(_spec.hub)),
