@@ -1,4 +1,5 @@
-"""Classification datasets: Flowers102, Oxford-IIIT Pet, VOC2007, an image folder and sklearn digits.
+"""Classification datasets: Flowers102, Oxford-IIIT Pet, VOC2007, an image folder and sklearn digits;
+the registry also holds VTAB-1k's tasks (`vtab`), FGVC's sets (`fgvc`) and the embedded VTAB.
 
 Each builder returns train / val / test datasets of `(image tensor (3, S, S), int label)`; val selects
 the model. With `data.selection_split=val` (the harness's protocol), val is an official val split or
@@ -25,18 +26,21 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision.datasets import Flowers102, ImageFolder, OxfordIIITPet, VOCDetection
 
 from peft_bench.config import DataConfig, Selection
 from peft_bench.data.base import TaskData
 from peft_bench.data.embedded import build_scene_classification
+from peft_bench.data.fgvc import FGVC_DATASETS
 from peft_bench.data.layout import Layout, data_root, first_missing, require, torchvision_not_found
 from peft_bench.data.scenes import DOWNSTREAM_CLASSES, UPSTREAM_CLASSES
+from peft_bench.data.sources import Split, Transformed
 from peft_bench.data.splits import selection_of, stratified_holdout, without_holdout
 from peft_bench.data.transforms import classification_transforms, resize_transforms
+from peft_bench.data.vtab import VTAB_DATASETS
+from peft_bench.data.vtab_mini import VTAB_MINI_DATASETS
 from peft_bench.errors import UserError
 
 VOC_CLASSES = (
@@ -84,19 +88,7 @@ def _box_area(obj: ET.Element) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Raw splits: (PIL image, label) samples, with the labels at hand for hold-outs and checks.
-
-
-@dataclass(frozen=True)
-class _Split:
-    samples: Dataset
-    labels: list[int]
-
-    def subset(self, indices: list[int]) -> _Split:
-        return _Split(Subset(self.samples, indices), [self.labels[i] for i in indices])
-
-    def __add__(self, other: _Split) -> _Split:
-        return _Split(ConcatDataset([self.samples, other.samples]), self.labels + other.labels)
+# Raw splits (`peft_bench.data.sources`): a dataset's splits before selection and transforms.
 
 
 @dataclass(frozen=True)
@@ -105,27 +97,11 @@ class _Source:
 
     name: str  # as `selection` quotes it
     class_names: list[str]
-    train: _Split
-    test: _Split
-    val: _Split | None = None  # an official val split; None: hold out part of train
+    train: Split
+    test: Split
+    val: Split | None = None  # an official val split; None: hold out part of train
     val_origin: str = ""  # what `val` is, in words
     augment: bool = True  # False: resize only (images too small to crop)
-
-
-class _Transformed(Dataset):
-    """A raw split with its transform; `labels` lets samplers and checks skip image decoding."""
-
-    def __init__(self, split: _Split, transform: Callable[[Image.Image], torch.Tensor]) -> None:
-        self.samples = split.samples
-        self.labels = split.labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.samples[index]
-        return self.transform(image), int(label)
 
 
 class _ImageFiles(Dataset):
@@ -158,22 +134,22 @@ class _GreyImages(Dataset):
 def _assemble(cfg: DataConfig, img_size: int, seed: int, source: _Source) -> TaskData:
     """Choose the selection split per `cfg.selection_split` and attach the transforms."""
     if source.augment:
-        train_transform = classification_transforms(img_size, train=True)
-        eval_transform = classification_transforms(img_size, train=False)
+        train_transform = classification_transforms(img_size, train=True, normalization=cfg.normalization)
+        eval_transform = classification_transforms(img_size, train=False, normalization=cfg.normalization)
     else:
-        train_transform = eval_transform = resize_transforms(img_size)
-    test = _Transformed(source.test, eval_transform)
+        train_transform = eval_transform = resize_transforms(img_size, cfg.normalization)
+    test = Transformed(source.test, eval_transform)
     selection = selection_of(cfg)
     if selection is Selection.val:
         train, val_split, described = _validation(source, cfg.val_fraction, seed)
-        val = _Transformed(val_split, eval_transform)
+        val = Transformed(val_split, eval_transform)
     else:
         whole = selection is Selection.none and source.val is not None  # all but the test list
         train = source.train + source.val if whole else source.train
         splits = "train and val splits" if whole else "training split"
         val, described = without_holdout(selection, test, f"the {source.name} {splits}")
     return TaskData(
-        train=_Transformed(train, train_transform),
+        train=Transformed(train, train_transform),
         val=val,
         test=test,
         num_classes=len(source.class_names),
@@ -182,7 +158,7 @@ def _assemble(cfg: DataConfig, img_size: int, seed: int, source: _Source) -> Tas
     )
 
 
-def _validation(source: _Source, fraction: float, seed: int) -> tuple[_Split, _Split, str]:
+def _validation(source: _Source, fraction: float, seed: int) -> tuple[Split, Split, str]:
     """(train, val, selection) where val never touches test data: the official val, else a hold-out."""
     if source.val is not None:
         return source.train, source.val, f"val: {source.val_origin}"
@@ -243,9 +219,9 @@ class _Flowers102(Flowers102):
         return first_missing(Path(self.root), FLOWERS102_LAYOUT) is None
 
 
-def _torchvision_split(dataset: Flowers102 | OxfordIIITPet) -> _Split:
+def _torchvision_split(dataset: Flowers102 | OxfordIIITPet) -> Split:
     # Both keep their 0-based labels in `_labels`: reading them avoids decoding every image.
-    return _Split(dataset, list(dataset._labels))
+    return Split(dataset, list(dataset._labels))
 
 
 def _flowers102(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
@@ -309,10 +285,10 @@ def _voc2007_folder(root: Path) -> Path:
     return next((c for c in candidates if (c / "ImageSets").is_dir()), candidates[0])
 
 
-def _voc2007_split(folder: Path, split: str) -> _Split:
+def _voc2007_split(folder: Path, split: str) -> Split:
     ids = (folder / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
     labels = [voc_single_label(folder / "Annotations" / f"{i}.xml") for i in ids]
-    return _Split(_ImageFiles([folder / "JPEGImages" / f"{i}.jpg" for i in ids], labels), labels)
+    return Split(_ImageFiles([folder / "JPEGImages" / f"{i}.jpg" for i in ids], labels), labels)
 
 
 def _imagefolder(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
@@ -330,7 +306,7 @@ def _imagefolder(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
                 f"{root / 'train'} (only in one of them: {', '.join(differing)}); train, val and test "
                 "need the same class folders so that their labels agree."
             )
-    splits = {name: _Split(folder, list(folder.targets)) for name, folder in folders.items()}
+    splits = {name: Split(folder, list(folder.targets)) for name, folder in folders.items()}
     source = _Source(
         name=f"image folder {root}",
         class_names=classes,
@@ -348,7 +324,7 @@ def _digits(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
 
     digits = load_digits()
     labels = digits.target.tolist()
-    everything = _Split(_GreyImages(np.round(digits.images * 255 / 16).astype(np.uint8), labels), labels)
+    everything = Split(_GreyImages(np.round(digits.images * 255 / 16).astype(np.uint8), labels), labels)
     rest, test = stratified_holdout(labels, 0.2, seed)
     trainval = everything.subset(rest)
     train, val = stratified_holdout(trainval.labels, 0.25, seed)
@@ -384,4 +360,7 @@ CLASSIFICATION_DATASETS: dict[str, Builder] = {
         max_objects=1,
         scale=(0.3, 0.45),
     ),
+    **VTAB_DATASETS,  # VTAB-1k's 19 tasks, NOAH's lists (`peft_bench.data.vtab`)
+    **FGVC_DATASETS,  # FGVC's five sets, VPT's json splits (`peft_bench.data.fgvc`)
+    **VTAB_MINI_DATASETS,  # the embedded VTAB (`peft_bench.data.vtab_mini`)
 }

@@ -77,8 +77,9 @@ def build_scene_classification(
     """Embedded scenes (`peft_bench.data.scenes`) labelled with the class of their largest object,
     drawn at `data.image_size`."""
     generator = SceneGenerator(img_size=cfg.image_size or img_size, seed=seed, **generator_options)
-    evaluation = tensor_transforms(train=False)
-    transforms = {"train": tensor_transforms(train=True), "val": evaluation, "test": evaluation}
+    evaluation = tensor_transforms(train=False, normalization=cfg.normalization)
+    training = tensor_transforms(train=True, normalization=cfg.normalization)
+    transforms = {"train": training, "val": evaluation, "test": evaluation}
     return scene_task_data(cfg, SceneClassification, generator, transforms, (2000, 500, 1000))
 
 
