@@ -241,6 +241,11 @@ STYLES: dict[str, SceneStyle] = {
         backgrounds={"flat": 1, "gradient": 1, "noise": 1, "stripes": 1, "checker": 1},
         textures={"flat": 1, "stripes": 1, "dots": 1, "gradient": 1},
     ),
+    # Every pattern as a background, equally likely: the embedded VTAB's texture task labels them.
+    "textures": SceneStyle(
+        backgrounds=dict.fromkeys(("flat", "gradient", "stripes", "checker", "dots", "noise"), 1),
+        textures={"flat": 1, "stripes": 1, "dots": 1, "gradient": 1},
+    ),
     # Clean scenes, one large object each: a from-scratch transformer gets a foothold here within
     # minutes, where the cluttered default scenes leave it at chance for thousands of steps.
     "upstream": SceneStyle(
@@ -282,6 +287,8 @@ class Scene:
     masks: np.ndarray  # bool (N, H, W) visible masks: disjoint, occluded by later objects
     semantic: np.ndarray  # int64 (H, W): 0 background, k + 1 for class k
     label: int  # the class of the instance with the largest visible area
+    poses: np.ndarray  # float32 (N, 4) per instance: centre x, centre y, radius (px), angle (radians)
+    background: str  # the background's pattern (`PATTERNS`)
 
 
 def tight_boxes(masks: np.ndarray) -> np.ndarray:
@@ -347,19 +354,25 @@ class SceneGenerator:
 
     def _draw(self, rng: np.random.Generator) -> Scene:
         """Background, then objects in order (each hides what it covers), then sensor noise."""
-        canvas = self._background(rng)
+        background = _choose(rng, self.style.backgrounds)
+        canvas = self._background(rng, background)
         owner = np.full(canvas.shape[:2], -1, dtype=np.int64)
         labels = rng.integers(self.num_classes, size=rng.integers(self.min_objects, self.max_objects + 1))
+        poses = np.zeros((len(labels), 4), dtype=np.float32)
         for i, (label, radius) in enumerate(zip(labels, self._radii(rng, len(labels)), strict=True)):
-            mask = self._object_mask(self.classes[label], radius, rng)
+            aspect, angle, center = self._pose(radius, rng)
+            poses[i] = (*center, radius, angle)
+            mask = self._object_mask(self.classes[label], radius, aspect, angle, center)
             if mask.any():
                 canvas[mask] = self._object_fill(rng, canvas, mask)[mask]
                 owner[mask] = i
         noisy = canvas + rng.normal(0, rng.uniform(0, self.style.max_noise), canvas.shape)
         image = np.clip(noisy, 0, 255).astype(np.uint8)
-        return self._targets(image, owner, labels)
+        return self._targets(image, owner, labels, poses, background)
 
-    def _targets(self, image: np.ndarray, owner: np.ndarray, labels: np.ndarray) -> Scene:
+    def _targets(
+        self, image: np.ndarray, owner: np.ndarray, labels: np.ndarray, poses: np.ndarray, background: str
+    ) -> Scene:
         """Visible masks, boxes and semantic map from the per-pixel owner of the last drawn object."""
         masks = owner[None] == np.arange(len(labels))[:, None, None]
         keep = masks.sum((1, 2)) >= self.min_area
@@ -368,12 +381,12 @@ class SceneGenerator:
         for mask, label in zip(masks, labels, strict=True):
             semantic[mask] = label + 1
         label = int(labels[masks.sum((1, 2)).argmax()]) if len(labels) else -1
-        return Scene(image, tight_boxes(masks), labels, masks, semantic, label)
+        return Scene(image, tight_boxes(masks), labels, masks, semantic, label, poses[keep], background)
 
-    def _background(self, rng: np.random.Generator) -> np.ndarray:
+    def _background(self, rng: np.random.Generator, pattern_name: str) -> np.ndarray:
         """A textured background with clutter strokes, (H, W, 3) float in 0-255."""
         x, y = _grid(self.img_size)
-        pattern = PATTERNS[_choose(rng, self.style.backgrounds)](rng, x, y)
+        pattern = PATTERNS[pattern_name](rng, x, y)
         base = rng.integers(0, 256, 3).astype(np.float32)
         image = Image.fromarray(_paint(rng, pattern, base, self.style.texture_contrast).astype(np.uint8))
         self._clutter(rng, ImageDraw.Draw(image))
@@ -403,15 +416,22 @@ class SceneGenerator:
         radii[rng.integers(n)] = main
         return radii
 
-    def _object_mask(self, kind: str, radius: float, rng: np.random.Generator) -> np.ndarray:
-        """The full (unoccluded) mask of one object of `kind` at a random pose, (H, W) bool."""
-        size = self.img_size
+    def _pose(self, radius: float, rng: np.random.Generator) -> tuple[float, float, np.ndarray]:
+        """A random pose (aspect, angle, centre) for an object of `radius` px: the disc of equal area
+        lies inside the image."""
         aspect = np.exp(rng.uniform(-1, 1) * np.log(self.max_aspect))
         angle = rng.uniform(0, 2 * np.pi)
+        center = rng.uniform(radius, self.img_size - radius, 2)
+        return aspect, angle, center
+
+    def _object_mask(
+        self, kind: str, radius: float, aspect: float, angle: float, center: np.ndarray
+    ) -> np.ndarray:
+        """The full (unoccluded) mask of one object of `kind` at a pose, (H, W) bool."""
         rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        center = rng.uniform(radius, size - radius, 2)  # the disc of equal area lies inside
         scale = np.array([radius * aspect, radius / aspect])
-        return _rasterise([((v * scale) @ rotation.T + center, f) for v, f in _OUTLINES[kind]], size)
+        outline = _OUTLINES[kind]
+        return _rasterise([((v * scale) @ rotation.T + center, f) for v, f in outline], self.img_size)
 
     def _object_fill(self, rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """A textured fill based on the one of four random colours most unlike the background
