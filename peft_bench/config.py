@@ -22,6 +22,22 @@ class Selection(str, Enum):
     none = "none"  # the paper's protocol: the whole training split trains; the last checkpoint
 
 
+class TuningStage(str, Enum):
+    """The stages of a tuned protocol (`protocol=vtab`, `peft_bench.tuning`)."""
+
+    none = "none"  # the config's own hyperparameters
+    tune = "tune"  # a grid point on train -> val (VTAB: train800 -> val200); the test split is not evaluated
+    final = "final"  # the values chosen on val (`python -m peft_bench.tune`), trained on train + val
+
+
+class Normalization(str, Enum):
+    """The input normalisation of image classification (VTAB's peers differ: `docs/protocol.md`)."""
+
+    imagenet = "imagenet"  # ImageNet's mean and std (FacT, V-PETL, Adapter+; the harness's)
+    inception = "inception"  # mean 0.5, std 0.5: inputs in [-1, 1], as Google's ViT was trained (NOAH's VPT)
+    none = "none"  # inputs in [0, 1] (PETL_Vision's default, VPT's TFDS pipeline)
+
+
 class Schedule(str, Enum):
     """The learning-rate policy (`peft_bench.engine.schedules`)."""
 
@@ -166,6 +182,7 @@ class DataConfig:
     train_size: int | None = None
     val_size: int | None = None
     test_size: int | None = None
+    normalization: Normalization = Normalization.imagenet  # classification inputs
 
 
 @dataclass
@@ -281,6 +298,16 @@ class PathsConfig:
 
 
 @dataclass
+class TuningConfig:
+    """Hyperparameters chosen on a val split (`protocol=vtab`; `peft_bench.tuning`, `docs/protocol.md`)."""
+
+    stage: TuningStage = TuningStage.none
+    # The chosen values per (dataset, method, backbone), written by `python -m peft_bench.tune` and
+    # read by the final stage's runs.
+    chosen: str = "${paths.results_dir}/tuned.yaml"
+
+
+@dataclass
 class Config:
     method: MethodConfig = MISSING
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -289,4 +316,5 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
     run_id: str | None = None  # None: derived from the protocol (so the same command resumes)

@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from peft_bench.accounting import parameter_counts, trainable_manifest
 from peft_bench.builder import build_data, build_task_model, check_choices, head_of
 from peft_bench.config import Precision, Resume
+from peft_bench.data.base import TaskData
 from peft_bench.delta import backbone_fingerprint, save_delta
 from peft_bench.engine.distributed import DistInfo, broadcast_object, init_distributed, shutdown_distributed
 from peft_bench.engine.precision import resolve_precision
@@ -28,6 +30,7 @@ from peft_bench.loggers import make_logger
 from peft_bench.results.atomic import write_json_atomic, write_text_atomic
 from peft_bench.results.protocol import protocol_hash, protocol_name, run_id_for
 from peft_bench.results.store import read_record, run_dir, write_history, write_record
+from peft_bench.tuning import apply_chosen
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -68,6 +71,13 @@ def device_name(info: DistInfo) -> str:
     return f"cpu ({torch.get_num_threads()} threads) x{info.world_size}"
 
 
+def split_sizes(data: TaskData) -> dict[str, int | None]:
+    """The images of each split (None: no such split), as the record keeps them: a test set's size
+    bounds how finely its metric can tell two methods apart."""
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    return {name: None if split is None else len(split) for name, split in splits.items()}
+
+
 def resolve_run_id(cfg: DictConfig, info: DistInfo) -> str:
     """The protocol-derived id; with `trainer.resume=never`, a fresh id stamped with the time."""
     run_id = run_id_for(cfg)
@@ -91,6 +101,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     # Resolved before the run id, which it enters: a CPU fp32 run and a GPU bf16 run are not the same run.
     cfg.trainer.precision = resolve_precision(cfg.trainer.precision, info.device)
     per_device = per_device_batch(cfg.data.batch_size, info.world_size)
+    tuning = apply_chosen(cfg)  # before the run id, which the chosen values enter
     run_id = resolve_run_id(cfg, info)
     directory = run_dir(cfg.paths.results_dir, run_id)
     existing = read_record(directory)
@@ -105,6 +116,8 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     if info.device.type == "cuda":  # cuDNN's autotuner pays off where every batch has one shape
         torch.backends.cudnn.benchmark = not head_of(cfg).dense
     data = build_data(cfg)  # first: a missing dataset fails before any model is built
+    if tuning and tuning["stage"] == "tune":  # a grid point is scored on val; test stays unseen
+        data = replace(data, test=None)
     check_batch_fits(len(data.train), cfg.data.batch_size, info.world_size)
     fingerprints: list[str] = []  # of the base weights, before any tuning
     model = build_task_model(
@@ -122,9 +135,11 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         "weights": cfg.backbone.weights,
         "seed": cfg.trainer.seed,
         # paper: the whole training split, the last checkpoint; harness: the best checkpoint on val
-        "protocol": protocol_name(cfg.data.selection_split),
+        "protocol": protocol_name(cfg),
         "metrics": {},
         "best": {},
+        "tuning": tuning,  # None: the config's own hyperparameters
+        "split_sizes": split_sizes(data),
         "params": parameter_counts(model, model.backbone),
         "protocol_hash": protocol_hash(cfg),
         "base_fingerprint": fingerprint,
@@ -146,6 +161,8 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
             f"{record['params']['backbone_trainable']:,} trainable backbone parameters "
             f"({record['params']['trainable_percent']:.2f}%); protocol {record['protocol']}: {data.selection}"
         )
+        if tuning and tuning.get("untuned"):
+            print(f"untuned: {tuning['untuned']}")
     logger = make_logger(cfg.logger, run_id, resolved, str(cfg.paths.results_dir)) if info.is_main else None
     trainer = Trainer(
         cfg.trainer,

@@ -15,7 +15,7 @@ class TaskData:
 
     train: Dataset
     val: Dataset | None  # None: nothing selects the model (the paper's protocol: the last checkpoint)
-    test: Dataset
+    test: Dataset | None  # None: a grid point of a tuned protocol, which never sees the test split
     num_classes: int
     class_names: list[str]
     selection: str  # in words: which split selects the model (if any), and where the splits come from

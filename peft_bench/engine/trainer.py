@@ -288,6 +288,8 @@ class Trainer:
             self._barrier()
         bar.close()
 
+        if data.test is None:  # a grid point of a tuned protocol: val scores it, test stays unseen
+            return FitResult({}, {}, None, self._best(main_metric, data), *self._trace())
         test_loader = self._eval_loader(data.test, data.collate_fn)
         last_metrics = self.evaluate(model, test_loader, evaluator)
         selected_metrics = None
@@ -297,23 +299,28 @@ class Trainer:
                 best_state = torch.load(best_path, map_location=self.device, weights_only=True)
                 load_trainable_state(model, best_state)
                 selected_metrics = self.evaluate(model, test_loader, evaluator)
-        best = {
+        return FitResult(
+            last_metrics if selected_metrics is None else selected_metrics,
+            last_metrics,
+            selected_metrics,
+            self._best(main_metric, data),
+            *self._trace(),
+        )
+
+    def _best(self, main_metric: str, data: TaskData) -> dict[str, Any]:
+        state = self.state
+        return {
             "metric": main_metric,
             "value": state.best_value,
             "epoch": state.best_epoch,
             "step": state.best_step,
             "split": data.selection,
         }
-        return FitResult(
-            last_metrics if selected_metrics is None else selected_metrics,
-            last_metrics,
-            selected_metrics,
-            best,
-            state.history,
-            state.val_history,
-            state.step,
-            self.cost(),
-        )
+
+    def _trace(self) -> tuple[list, list, int, dict[str, Any]]:
+        """What every fit returns after its metrics: the histories, the steps and the cost."""
+        state = self.state
+        return state.history, state.val_history, state.step, self.cost()
 
     def cost(self) -> dict[str, Any]:
         """Median step time; training and evaluation images per second of all processes together

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from peft_bench.config import Selection
+from peft_bench.config import Selection, TuningStage
 
 # Dotted keys that never change a result.
 NON_PROTOCOL_KEYS = (
@@ -38,6 +38,7 @@ NON_PROTOCOL_KEYS = (
     "data.download",
     "data.num_workers",
     "data.eval_batch_size",
+    "tuning.chosen",  # where the chosen values are read from; the values themselves are hashed
 )
 
 # Dotted key -> the value that does what the harness did before the key existed.
@@ -60,6 +61,8 @@ NEUTRAL: dict[str, Any] = {
     "trainer.gamma": 0.1,
     "trainer.power": 1.0,
     "trainer.precision": "fp32",
+    "data.normalization": "imagenet",
+    "tuning.stage": "none",
 }
 
 # The head's fields as one schema for every head had them, before each head had its own: a field
@@ -76,13 +79,19 @@ SINGLE_HEAD_SCHEMA: dict[str, Any] = {
     "slide_stride": 341,
 }
 
-# What each model-selection choice (`data.selection_split`, set by `protocol=...`) is called in
-# records and tables, and what it means.
-PROTOCOLS = {Selection.val: "harness", Selection.none: "paper", Selection.test: "test-selected"}
+# What each model-selection choice (`data.selection_split`, set by `protocol=...`) and each stage of a
+# tuned protocol (`tuning.stage`) is called in records and tables, and what it means.
+PROTOCOLS = {Selection.val: "harness", Selection.none: "paper", Selection.test: "test-max"}
+TUNED_PROTOCOLS = {TuningStage.tune: "vtab-tune", TuningStage.final: "vtab"}
 PROTOCOL_MEANING = {
     "harness": "trained on the training split less a val split; the best checkpoint on val",
     "paper": "trained on the whole training split; the last checkpoint",
-    "test-selected": "trained on the whole training split; the best checkpoint on test (optimistic)",
+    "test-max": "trained on the whole training split; the best test score over periodic evaluations "
+    "(test-set selection, optimistic: NOAH's, FacT's and V-PETL's VTAB protocol)",
+    "vtab": "hyperparameters chosen on the val split from a declared grid (VTAB-1k: train800 -> val200), "
+    "then trained on train + val; the last checkpoint",
+    "vtab-tune": "one point of the hyperparameter grid: trained on the training split, scored on val; "
+    "the test split is not evaluated",
 }
 
 
@@ -103,17 +112,27 @@ def protocol_of(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _pop(tree: dict[str, Any], dotted: str, only_if: Any = ...) -> None:
-    """Remove the key at `dotted` from `tree` (when given, only if its value equals `only_if`)."""
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        tree = tree.get(key, {})
-    if leaf in tree and (only_if is ... or tree[leaf] == only_if):
-        del tree[leaf]
+    """Remove the key at `dotted` from `tree` (when given, only if its value equals `only_if`), and
+    its section if that leaves it empty (a section added to the schema, left at its defaults)."""
+    parent, *rest = dotted.split(".", 1)
+    if not rest:
+        if parent in tree and (only_if is ... or tree[parent] == only_if):
+            del tree[parent]
+        return
+    section = tree.get(parent)
+    if isinstance(section, dict):
+        _pop(section, rest[0], only_if)
+        if not section:
+            del tree[parent]
 
 
-def protocol_name(selection_split: str) -> str:
-    """`harness`, `paper` or `test-selected`: how a run chose the checkpoint it reports."""
-    return PROTOCOLS[Selection(selection_split)]
+def protocol_name(cfg: DictConfig) -> str:
+    """`harness`, `paper`, `test-max`, `vtab` or `vtab-tune`: how a run chose its hyperparameters and
+    the checkpoint it reports."""
+    stage = TuningStage(cfg.tuning.stage)
+    if stage in TUNED_PROTOCOLS:
+        return TUNED_PROTOCOLS[stage]
+    return PROTOCOLS[Selection(cfg.data.selection_split)]
 
 
 def protocol_hash(cfg: DictConfig) -> str:
