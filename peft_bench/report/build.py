@@ -10,11 +10,13 @@ import pandas as pd
 from peft_bench.report.figure import write_figure5
 from peft_bench.report.profiles import profile
 from peft_bench.report.render import write_table
+from peft_bench.report.suite_table import SUITE_TABLES, build_suite_table
 from peft_bench.report.tables import METHOD_TABLES, TABLES, build_cost_table, build_table
 from peft_bench.report.tradeoff import write_tradeoff
 
-# cost: the cost table of each table with a row per method; tradeoff: its trade-off figure
-TARGETS = (*TABLES, "fig5", "cost", "tradeoff")
+# cost: the cost table of each table with a row per method; tradeoff: its trade-off figure;
+# vtab, fgvc: the suite tables
+TARGETS = (*TABLES, "fig5", "cost", "tradeoff", *SUITE_TABLES)
 
 
 @dataclass(frozen=True)
@@ -56,5 +58,15 @@ def write_target(target: str, runs: pd.DataFrame, options: Options) -> tuple[lis
             paths += figure.paths
             warnings += [f"{stem.name}: no completed run for {item}" for item in figure.missing]
         return paths, warnings
-    table = build_table(target, runs, options.profile, options.overrides, options.cost_columns)
+    if target in SUITE_TABLES:
+        # A final stage's cells take the values chosen in the store (tuning.chosen), as its runs did.
+        store = f"paths.results_dir={quoted(str(options.results_dir))}"
+        table = build_suite_table(target, runs, options.profile, (store, *options.overrides))
+    else:
+        table = build_table(target, runs, options.profile, options.overrides, options.cost_columns)
     return write_table(table, options.out_dir), []
+
+
+def quoted(value: str) -> str:
+    """`value` as a Hydra override's quoted string: a path with `,` or `=` stays one value."""
+    return "'" + value.replace("'", "\\'") + "'"

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from peft_bench.errors import UserError
 from peft_bench.plugins import config_session
 from peft_bench.results.protocol import protocol_hash
+from peft_bench.tuning import apply_chosen
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ def preset_cells(preset: str, parts: Sequence[Part] = (Part(),), overrides: Sequ
             arguments = [f"experiment={preset}", *part.overrides, *overrides]
             for job in jobs(arguments, sweep_params(arguments)):
                 cfg = compose(config_name="config", overrides=job)
+                apply_chosen(cfg)  # as the run does before it hashes its protocol
                 cell = Cell(tuple(job), cfg, protocol_hash(cfg))
                 cells.setdefault(cell.protocol, cell)
     return list(cells.values())

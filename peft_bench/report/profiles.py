@@ -8,7 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from hydra.core.global_hydra import GlobalHydra
+
 from peft_bench.errors import UserError
+from peft_bench.plugins import config_session
 from peft_bench.report.grid import Cell, Part, preset_cells
 
 
@@ -21,12 +24,19 @@ class Profile:
     paper_datasets: Mapping[str, str] = field(default_factory=dict)
 
     def preset(self, target: str) -> str:
-        """The preset of `target` ("1" ... "5", "ext", "fig5"): table1, ..., table_ext, fig5 (+ suffix)."""
-        name = {"fig5": "fig5", "ext": "table_ext"}.get(target, f"table{target}")
+        """The preset of `target` ("1" ... "5", "ext", "fig5", "vtab", "fgvc"): table1, ..., table_ext,
+        fig5, vtab, fgvc (+ suffix)."""
+        name = f"table{target}" if target.isdigit() else {"ext": "table_ext"}.get(target, target)
         return f"{name}{self.suffix}"
 
+    def has_preset(self, target: str) -> bool:
+        """Whether `target`'s preset exists: a suite may have none in a profile (FGVC in mini)."""
+        with config_session():
+            known = GlobalHydra.instance().config_loader().get_group_options("experiment")
+        return self.preset(target) in known
+
     def cells(self, target: str, overrides: Sequence[str] = ()) -> list[Cell]:
-        """The cells of `target` ("1" ... "5", "ext", "fig5"): its preset's sweep and any extra ones."""
+        """The cells of `target` (as `preset`'s): its preset's sweep and any extra ones."""
         return preset_cells(self.preset(target), (Part(), *self.extra_parts.get(target, ())), overrides)
 
 

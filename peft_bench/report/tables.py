@@ -89,11 +89,12 @@ class Table:
     row_name: str  # what the rows are: Method, Dim, Backbone
     entries: pd.DataFrame  # ENTRY_COLUMNS
     cost: bool = False  # the cost table of the target's cells, not the target itself
+    description: str = ""  # what the table shows; "" for Tables 1-5 and ext, whose text is CAPTIONS'
 
     @property
     def name(self) -> str:
-        """The stem of its files: table1 ... table5, table_ext, cost1 ... cost_ext."""
-        return f"{'cost' if self.cost else 'table'}{'_' if self.target == 'ext' else ''}{self.target}"
+        """The stem of its files: table1 ... table5, table_ext, table_vtab, cost1 ... cost_ext."""
+        return f"{'cost' if self.cost else 'table'}{'' if self.target.isdigit() else '_'}{self.target}"
 
     @property
     def protocols(self) -> list[str]:
@@ -108,13 +109,15 @@ class Table:
             protocol = "The cells' protocols differ: each cell names its own."
         if self.cost:
             return f"Cost of table {self.target}'s cells (preset {self.preset}). {COST_CAPTION}. {protocol}"
-        return f"Table {self.target} (preset {self.preset}). {CAPTIONS[self.target]}. {protocol}"
+        description = self.description or CAPTIONS[self.target]
+        return f"Table {self.target} (preset {self.preset}). {description}. {protocol}"
 
 
 class Entries:
     """Collects a table's entries; every value is placed beside the paper's for the same keys.
     Kinds: metric (measured by runs), count (counted from the config), delta, average, cost (from
-    the runs' records) and ratio (a cost over Full's). With `cost_columns`, Tables 1-5 add theirs."""
+    the runs' records), ratio (a cost over Full's) and ppt (the suite tables' trade-off). With
+    `cost_columns`, Tables 1-5 add theirs."""
 
     def __init__(
         self, target: str, runs: pd.DataFrame, paper: PaperValues, cost_columns: bool = False
@@ -205,7 +208,7 @@ def unique(values: Iterable[str]) -> list[str]:
 
 
 def protocol_of_cell(cell: Cell) -> str:
-    return protocol_name(cell.cfg.data.selection_split)
+    return protocol_name(cell.cfg)
 
 
 def delta_to_full(entries: Entries, row: str, column: str, cell: Cell, full: Cell, metric: str) -> None:
@@ -222,17 +225,22 @@ def delta_to_full(entries: Entries, row: str, column: str, cell: Cell, full: Cel
     entries.add(row, f"Δ {column}", "delta", metric, ours, paper, protocol=protocol)
 
 
+def mean_of(same: Sequence[dict[str, Any]], expected: int) -> tuple[float, float, str | None]:
+    """The mean of entries of one metric, ours and the paper's, and their protocol: none unless there
+    are `expected` of them, every one with a value; ours, moreover, only under one protocol."""
+    protocols = unique(entry["protocol"] for entry in same)
+    complete = len(same) == expected > 0
+    ours = sum(entry["ours"] for entry in same) / expected if complete and len(protocols) == 1 else math.nan
+    paper = sum(entry["paper"] for entry in same) / expected if complete else math.nan
+    return ours, paper, protocols[0] if len(protocols) == 1 else None
+
+
 def averages(entries: Entries, row: str, datasets: int) -> None:
     """Each metric's mean over the row's datasets, ours and the paper's: none unless every one has
     it, under one protocol."""
     measured = [entry for entry in entries.rows if entry["row"] == row and entry["kind"] == "metric"]
     for metric in unique(entry["metric"] for entry in measured):
-        same = [entry for entry in measured if entry["metric"] == metric]
-        protocols = unique(entry["protocol"] for entry in same)
-        complete = len(same) == datasets and len(protocols) == 1
-        ours = sum(entry["ours"] for entry in same) / len(same) if complete else math.nan
-        paper = sum(entry["paper"] for entry in same) / len(same)
-        protocol = protocols[0] if len(protocols) == 1 else None
+        ours, paper, protocol = mean_of([entry for entry in measured if entry["metric"] == metric], datasets)
         entries.add(row, f"Average {label(metric)}", "average", metric, ours, paper, protocol=protocol)
 
 
