@@ -134,7 +134,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         "backbone": cfg.backbone.name,
         "weights": cfg.backbone.weights,
         "seed": cfg.trainer.seed,
-        # paper: the whole training split, the last checkpoint; harness: the best checkpoint on val
+        # harness, paper, test-max, vtab or vtab-tune: what chose the hyperparameters and the checkpoint
         "protocol": protocol_name(cfg),
         "metrics": {},
         "best": {},

@@ -100,7 +100,7 @@ def test_flowers102_under_the_papers_protocol_trains_on_train_and_val(flowers_ro
     data = _build("flowers102", flowers_root, selection_split="none")
     assert data.val is None
     assert set(_decode(data.train)) == set(FLOWERS_SPLITS["trnid"]) | set(FLOWERS_SPLITS["valid"])
-    assert data.selection.startswith("none (the paper's protocol)")
+    assert data.selection.startswith("none (no model selection)")
 
 
 def test_torchvision_not_found_becomes_user_error(

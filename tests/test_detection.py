@@ -376,5 +376,5 @@ def test_cli_run_on_voc_records_ap50(voc_root: Path, results_dir: Path) -> None:
     assert record["status"] == "completed" and record["task"] == "detection" and record["steps"] == 2
     assert set(record["metrics"]) == {"ap50"} and 0.0 <= record["metrics"]["ap50"] <= 100.0
     # dataset=voc brings the paper's protocol: all of trainval trains, the last checkpoint is reported
-    assert record["protocol"] == "paper" and record["best"]["split"].startswith("none (the paper's protocol)")
+    assert record["protocol"] == "paper" and record["best"]["split"].startswith("none (no model selection)")
     assert record["metrics"] == record["metrics_last"] and record["val_history"] == []

@@ -98,7 +98,7 @@ def test_a_class_missing_from_val_keeps_the_labels_of_train(tmp_path: Path) -> N
     ("selection", "sizes", "described"),
     [
         ("val", (3, 2, 2), "val: val.json of FGVC Stanford Dogs (VPT's split; trained on train.json)"),
-        ("none", (5, None, 2), "none (the paper's protocol): trained on train.json + val.json of FGVC"),
+        ("none", (5, None, 2), "none (no model selection): trained on train.json + val.json of FGVC"),
         (
             "test",
             (5, 2, 2),

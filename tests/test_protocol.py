@@ -298,7 +298,7 @@ def test_a_paper_protocol_run_trains_on_everything_and_reports_its_last_checkpoi
     done = run_cli(*SMOKE, "method=fixed", "protocol=paper", results_dir=results_dir)
     assert done.returncode == 0, done.stderr
     [record] = records(results_dir)
-    assert record["protocol"] == "paper" and "none (the paper's protocol)" in record["best"]["split"]
+    assert record["protocol"] == "paper" and "none (no model selection)" in record["best"]["split"]
     assert record["metrics"] == record["metrics_last"] and record["metrics_selected"] is None
     assert record["best"]["value"] is None and record["val_history"] == []
     assert record["steps"] == 2 * (256 // 32)  # two epochs of the 256 training scenes at batch 32

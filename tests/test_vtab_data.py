@@ -100,7 +100,7 @@ def test_all_nineteen_tasks_are_registered() -> None:
     ("selection", "sizes", "described"),
     [
         ("val", (3, 2, 2), "val: val200.txt of VTAB-1k CIFAR-100 (trained on train800.txt)"),
-        ("none", (4, None, 2), "none (the paper's protocol): trained on train800val200.txt of VTAB-1k"),
+        ("none", (4, None, 2), "none (no model selection): trained on train800val200.txt of VTAB-1k"),
         ("test", (4, 2, 2), "test: the best checkpoint on the test split (optimistic); trained on "),
     ],
 )

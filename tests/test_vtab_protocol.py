@@ -97,7 +97,7 @@ def test_tune_choose_final_on_the_embedded_vtab(results_dir: Path) -> None:
         assert record["metrics"] == {} and record["split_sizes"] == {"train": 16, "val": 8, "test": None}
         assert record["tuning"] == {"stage": "tune", "values": None}
 
-    arguments = ["experiment=vtab_mini_tune", *CELL, f"paths.results_dir={results_dir}"]
+    arguments = ["experiment=vtab_mini_tune", *CELL, *TINY, f"paths.results_dir={results_dir}"]
     assert tune_main(arguments) == 0
     (row,) = yaml.safe_load((results_dir / "tuned.yaml").read_text())
     best = max(tuned_runs, key=lambda r: r["val_history"][-1]["top1"])  # the first on a tie, as the grid

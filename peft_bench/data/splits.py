@@ -49,4 +49,4 @@ def without_holdout(selection: Selection, test: Dataset, trained_on: str) -> tup
     (`selection` test or none): the test split itself, or no val split at all."""
     if selection is Selection.test:
         return test, f"test: the best checkpoint on the test split (optimistic); trained on {trained_on}"
-    return None, f"none (the paper's protocol): trained on {trained_on}; the last checkpoint is reported"
+    return None, f"none (no model selection): trained on {trained_on}; the last checkpoint is reported"
