@@ -213,7 +213,7 @@ def test_committed_mini_results_regenerate_from_their_records(tmp_path: Path) ->
     of any protocol (a config default, a recipe) orphans those records: re-run the mini sweeps."""
     committed = REPO / "results" / "mini"
     assert main(["profile=mini", f"results_dir={committed / 'store'}", f"out_dir={tmp_path}"]) == 0
-    for name in [*(f"table{n}" for n in range(1, 6)), "table_ext", "cost_ext"]:
+    for name in [*(f"table{n}" for n in range(1, 6)), "table_ext", "cost_ext", "table_vtab"]:
         assert (tmp_path / f"{name}.md").read_text() == (committed / f"{name}.md").read_text()
         statuses = set(pd.read_csv(committed / f"{name}.csv", keep_default_na=False)["status"])
         assert statuses <= {"ok", "n/a"}, (name, statuses)  # every cell measured (and its cost: ext)

@@ -119,3 +119,13 @@ def test_tune_choose_final_on_the_embedded_vtab(results_dir: Path) -> None:
     again = run_cli("-m", "experiment=vtab_mini", *CELL, "trainer.seed=0", *TINY, results_dir=results_dir)
     assert again.returncode == 0 and "already completed" in again.stdout
     assert (results_dir / "runs" / record["run_id"] / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_committed_mini_choices_are_chosen_again_from_their_tune_records(tmp_path: Path) -> None:
+    """results/mini/store holds the embedded VTAB's tune runs and the choices made from them: the
+    chooser, run on those records, writes the same choices."""
+    store = Path(__file__).resolve().parents[1] / "results" / "mini" / "store"
+    chosen = tmp_path / "tuned.yaml"
+    arguments = ["experiment=vtab_mini_tune", f"paths.results_dir={store}", f"tuning.chosen={chosen}"]
+    assert tune_main(arguments) == 0
+    assert yaml.safe_load(chosen.read_text()) == yaml.safe_load((store / "tuned.yaml").read_text())
