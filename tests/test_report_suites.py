@@ -145,6 +145,7 @@ def test_the_table_is_printed_and_names_both_means(report: tuple[Path, str]) -> 
     assert "| LoRA (untuned: Textures) | 75.00 (n=1) | 65.00 (n=1) |" in stdout
     assert "Mean (groups) = the mean of the group means" in stdout
     assert "Mean (tasks) = the plain mean over the 7 tasks (V-PETL Bench's)" in stdout
+    assert "then [a published value, where the caption names its source]" in stdout  # not the paper's
     assert f"vtab: {out / 'table_vtab.md'}" in stdout
     assert r"\label{tab:table_vtab}" in (out / "table_vtab.tex").read_text()
 

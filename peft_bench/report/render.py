@@ -15,7 +15,7 @@ from peft_bench.results.atomic import write_text_atomic
 
 LEGEND = (
     "Each cell: ours, the mean ± sample std over n completed seeds (parameters: counted from the "
-    "config), then [the paper's value]; missing / running / failed: no completed run of the cell's protocol."
+    "config), then [{published}]; missing / running / failed: no completed run of the cell's protocol."
 )
 STATUS_WIDTH = 60  # a failure's message is cut here in the readable formats; the CSV keeps it whole
 LATEX_SPECIAL = {
@@ -76,10 +76,14 @@ def grid(table: Table) -> list[list[str]]:
     return [[str(frame.index.name), *frame.columns], *rows]
 
 
+def legend(table: Table) -> str:
+    return LEGEND.format(published=table.published)
+
+
 def markdown(table: Table) -> str:
     header, *body = grid(table)
     lines = [_markdown_row(header), "|" + "|".join(["---"] * len(header)) + "|", *map(_markdown_row, body)]
-    return "\n".join([f"**{table.caption}**", "", *lines, "", LEGEND, ""])
+    return "\n".join([f"**{table.caption}**", "", *lines, "", legend(table), ""])
 
 
 def _markdown_row(cells: list[str]) -> str:
@@ -97,7 +101,7 @@ def latex(table: Table) -> str:
         [
             r"\begin{table}",
             r"\centering",
-            rf"\caption{{{latex_escape(table.caption + ' ' + LEGEND)}}}",
+            rf"\caption{{{latex_escape(table.caption + ' ' + legend(table))}}}",
             rf"\label{{tab:{table.name}}}",
             rf"\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}",
             r"\toprule",

@@ -184,4 +184,5 @@ def build_suite_table(
         notes += [PUBLISHED_NOTE]
     if frame["row"].str.contains("(untuned", regex=False).any():
         notes += [UNTUNED_NOTE]
-    return Table(target, chosen.preset(target), row_name, frame, description=". ".join(notes))
+    description, published = ". ".join(notes), "a published value, where the caption names its source"
+    return Table(target, chosen.preset(target), row_name, frame, description=description, published=published)

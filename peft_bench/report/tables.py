@@ -90,6 +90,7 @@ class Table:
     entries: pd.DataFrame  # ENTRY_COLUMNS
     cost: bool = False  # the cost table of the target's cells, not the target itself
     description: str = ""  # what the table shows; "" for Tables 1-5 and ext, whose text is CAPTIONS'
+    published: str = "the paper's value"  # what the bracketed values are, for the legend
 
     @property
     def name(self) -> str:
