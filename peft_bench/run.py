@@ -28,6 +28,7 @@ from peft_bench.engine.precision import resolve_precision
 from peft_bench.engine.trainer import Trainer, check_batch_fits, per_device_batch
 from peft_bench.loggers import make_logger
 from peft_bench.results.atomic import write_json_atomic, write_text_atomic
+from peft_bench.results.outcomes import write_outcomes
 from peft_bench.results.protocol import protocol_hash, protocol_name, run_id_for
 from peft_bench.results.store import read_record, run_dir, write_history, write_record
 from peft_bench.tuning import apply_chosen
@@ -201,6 +202,9 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         delta = directory / "model.safetensors"
         save_delta(delta, model, fingerprint, {"run_id": run_id, "config": resolved})
         record["cost"]["delta_bytes"] = delta.stat().st_size
+        if result.outcomes is not None:
+            stored = write_outcomes(directory, result.outcomes)
+            record["outcomes"] = {"file": stored.name, "bytes": stored.stat().st_size}
         write_record(directory, record)
         if logger:
             logger.finish({f"test/{k}": v for k, v in result.test_metrics.items()})

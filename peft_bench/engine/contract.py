@@ -31,7 +31,12 @@ class TaskModel(nn.Module):
 
 
 class Evaluator(Protocol):
-    """Accumulates predictions over a split (across DDP ranks) and reports metrics in percent."""
+    """Accumulates predictions over a split (across DDP ranks) and reports metrics in percent.
+
+    An evaluator may also keep per-sample outcomes: an `outcomes()` method returning, on rank 0 (None
+    elsewhere), arrays over the split's samples in its order, which the run stores and its task's
+    `score` turns back into the metrics (`peft_bench.results.outcomes`).
+    """
 
     def reset(self) -> None: ...
 

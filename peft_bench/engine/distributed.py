@@ -78,6 +78,23 @@ def gather_to_main(items: list) -> list | None:
     return None if parts is None else [item for part in parts for item in part]
 
 
+def gather_in_sample_order(items: list) -> list | None:
+    """Every process's per-sample `items` of a `ShardSampler` evaluation, on rank 0 in the dataset's
+    order (None elsewhere): rank r's j-th item is sample r + j * world size. This process's own when
+    not distributed."""
+    if not _distributed():
+        return items
+    world = dist.get_world_size()
+    parts: list[list] | None = [[] for _ in range(world)] if dist.get_rank() == 0 else None
+    dist.gather_object(items, parts, dst=0)
+    if parts is None:
+        return None
+    ordered: list = [None] * sum(map(len, parts))
+    for rank, part in enumerate(parts):
+        ordered[rank::world] = part
+    return ordered
+
+
 def computed_on_main(items: list, compute: Callable[[list], T]) -> T:
     """`compute` over every process's `items`, run once, on rank 0, and its result sent to all."""
     gathered = gather_to_main(items)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -89,6 +90,16 @@ class FitResult:
     val_history: list[dict[str, float]]
     steps: int
     cost: dict[str, Any]  # `engine.cost`'s measures of this process's steps and evaluations
+    # Per test sample of the reported checkpoint, on rank 0 (None elsewhere, without a test split,
+    # or where the evaluator keeps none: `Evaluator`)
+    outcomes: dict[str, np.ndarray] | None = None
+
+
+def sample_outcomes(evaluator: Evaluator) -> dict[str, np.ndarray] | None:
+    """The per-sample outcomes of the evaluator's last evaluation, where it keeps them (every rank
+    calls this: it gathers)."""
+    outcomes = getattr(evaluator, "outcomes", None)
+    return outcomes() if outcomes is not None else None
 
 
 def per_device_batch(batch_size: int, world_size: int) -> int:
@@ -292,6 +303,7 @@ class Trainer:
             return FitResult({}, {}, None, self._best(main_metric, data), *self._trace())
         test_loader = self._eval_loader(data.test, data.collate_fn)
         last_metrics = self.evaluate(model, test_loader, evaluator)
+        outcomes = sample_outcomes(evaluator)
         selected_metrics = None
         if val_loader is not None:
             selected_metrics = last_metrics
@@ -299,12 +311,14 @@ class Trainer:
                 best_state = torch.load(best_path, map_location=self.device, weights_only=True)
                 load_trainable_state(model, best_state)
                 selected_metrics = self.evaluate(model, test_loader, evaluator)
+                outcomes = sample_outcomes(evaluator)
         return FitResult(
             last_metrics if selected_metrics is None else selected_metrics,
             last_metrics,
             selected_metrics,
             self._best(main_metric, data),
             *self._trace(),
+            outcomes,
         )
 
     def _best(self, main_metric: str, data: TaskData) -> dict[str, Any]:

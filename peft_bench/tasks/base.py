@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 
@@ -20,9 +21,14 @@ from peft_bench.config import Config, HeadConfig
 from peft_bench.data.base import TaskData
 from peft_bench.engine.contract import Evaluator, TaskModel
 from peft_bench.registry import Registry
+from peft_bench.results.outcomes import Outcomes
 
 DataBuilder = Callable[[Config], TaskData]
 ModelBuilder = Callable[[Backbone, int, Config], TaskModel]  # (tuned backbone, classes, config)
+
+
+# (a run's stored outcomes, the test images to score: indices, repeats allowed; None: all) -> metrics
+OutcomeScorer = Callable[[Outcomes, np.ndarray | None], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,9 @@ class Task:
     name: str
     main_metric: str  # the validation metric that selects the model (higher is better)
     build_evaluator: Callable[[TaskData, torch.device], Evaluator]
+    # The metrics from a run's per-sample outcomes (`peft_bench.results.outcomes`); None: its
+    # evaluator keeps none.
+    score: OutcomeScorer | None = None
 
 
 @dataclass(frozen=True)
@@ -66,10 +75,16 @@ HEADS: Registry[Head] = Registry("head", "head")
 
 
 def register_task(
-    name: str, *, main_metric: str, evaluator: Callable[[TaskData, torch.device], Evaluator]
+    name: str,
+    *,
+    main_metric: str,
+    evaluator: Callable[[TaskData, torch.device], Evaluator],
+    score: OutcomeScorer | None = None,
 ) -> Task:
-    """Make `data.task=<name>` a task, evaluated by `evaluator(data, device)`, selected on `main_metric`."""
-    return TASKS.add(name, Task(name, main_metric, evaluator))
+    """Make `data.task=<name>` a task, evaluated by `evaluator(data, device)`, selected on `main_metric`.
+    An evaluator with an `outcomes()` method stores per-sample outcomes; `score` recomputes its
+    metrics from them on any resampling of the test images."""
+    return TASKS.add(name, Task(name, main_metric, evaluator, score))
 
 
 def register_dataset(name: str, *, task: str) -> Callable[[DataBuilder], DataBuilder]:

@@ -10,14 +10,15 @@ from peft_bench.config import Config, LinearHeadConfig
 from peft_bench.data.base import TaskData
 from peft_bench.data.classification import CLASSIFICATION_DATASETS, build_classification_data
 from peft_bench.data.suites import SUITES
-from peft_bench.metrics.accuracy import ClassificationEvaluator
+from peft_bench.metrics.accuracy import ClassificationEvaluator, accuracy_scores
 from peft_bench.models.classifier import ClassificationModel
 from peft_bench.tasks.base import register_dataset, register_head, register_task
 
 register_task(
     "classification",
     main_metric="top1",
-    evaluator=lambda data, device: ClassificationEvaluator(data.num_classes, device),
+    evaluator=lambda data, device: ClassificationEvaluator(data.num_classes),
+    score=accuracy_scores,
 )
 
 

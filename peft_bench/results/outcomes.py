@@ -1,0 +1,35 @@
+"""Per-sample outcomes of a run's reported test evaluation, stored beside its record.
+
+`outcomes.npz` in the run folder holds, per test image in the split's order, what the task's
+`score` function needs to recompute the reported metrics on any resampling of the test images
+(classification: top1 / top5 hits), so that intervals and paired tests need no re-evaluation. It is
+written atomically before `metrics.json`, which marks the run completed; records from before it
+existed have none, and their intervals are unavailable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from peft_bench.results.atomic import write_atomic
+
+OUTCOMES_FILE = "outcomes.npz"
+
+Outcomes = dict[str, np.ndarray]
+
+
+def write_outcomes(run_dir: Path, outcomes: Outcomes) -> Path:
+    path = run_dir / OUTCOMES_FILE
+    write_atomic(path, lambda file: np.savez_compressed(file, **outcomes))
+    return path
+
+
+def read_outcomes(run_dir: Path) -> Outcomes | None:
+    """The run's stored outcomes, or None if it has none."""
+    path = run_dir / OUTCOMES_FILE
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
