@@ -12,10 +12,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import SMOKE, records, run_cli
+from sklearn.metrics import jaccard_score
 from torchmetrics.classification import MulticlassAccuracy
 
 from peft_bench.engine.distributed import ShardSampler
 from peft_bench.metrics.accuracy import ClassificationEvaluator, accuracy_scores
+from peft_bench.metrics.miou import SegmentationEvaluator, miou_scores
 from peft_bench.results.outcomes import read_outcomes, write_outcomes
 from peft_bench.tasks import TASKS
 
@@ -103,3 +105,23 @@ def test_a_run_stores_outcomes_that_reproduce_its_metrics(results_dir: Path) -> 
     assert {name: len(hits) for name, hits in outcomes.items()} == {"top1": 64, "top5": 64}
     assert record["split_sizes"]["test"] == 64
     assert TASKS["classification"].score(outcomes, None) == record["metrics"]  # exactly
+
+
+def test_segmentation_outcomes_resample_whole_images() -> None:
+    """Drawing image 0 twice and image 1 once scores as the three label maps put side by side."""
+    rng = np.random.default_rng(0)
+    maps = [(rng.integers(0, 4, (6, 5)), rng.integers(0, 4, (6, 5))) for _ in range(2)]  # (label, prediction)
+    maps[1][0][0] = 255  # an ignored row
+    evaluator = SegmentationEvaluator(num_classes=4)
+    for label, prediction in maps:
+        logits = torch.nn.functional.one_hot(torch.from_numpy(prediction), 4).permute(2, 0, 1).float()
+        evaluator.update([logits], [torch.from_numpy(label)])
+    outcomes = evaluator.outcomes()
+    drawn = [0, 0, 1]
+    labels = np.concatenate([maps[i][0].ravel() for i in drawn])
+    predictions = np.concatenate([maps[i][1].ravel() for i in drawn])
+    valid = labels != 255
+    expected = 100 * jaccard_score(labels[valid], predictions[valid], average="macro")
+    assert miou_scores(outcomes, np.array(drawn))["miou"] == pytest.approx(expected)
+    assert miou_scores(outcomes) == evaluator.compute()
+    assert miou_scores(outcomes, np.array(drawn)) != miou_scores(outcomes)

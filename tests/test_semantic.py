@@ -21,8 +21,10 @@ from peft_bench.data.ade20k import ADE20K_CLASSES
 from peft_bench.data.base import collate_lists
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
-from peft_bench.metrics.miou import SegmentationEvaluator, SegmentationScores
+from peft_bench.metrics.miou import COUNTS, SegmentationEvaluator, image_counts, segmentation_scores
 from peft_bench.models.segmenter import UperNetSegmenter, slide_inference, slide_windows
+from peft_bench.results.outcomes import read_outcomes
+from peft_bench.tasks import TASKS
 
 ADE_SIZE = (32, 40)  # (height, width) of the fixture images
 SMALL_HEAD = ["head.min_size=[24]", "head.max_size=128", "head.channels=16", "data.image_size=32"]
@@ -36,19 +38,19 @@ def test_scores_match_sklearn_with_ignored_pixels_and_absent_classes() -> None:
     """Classes 0-3 appear in the labels, 4 only in predictions (IoU 0, in the mean), 5 nowhere
     (no union: out of the mean); 255 pixels count nowhere."""
     rng = np.random.default_rng(0)
-    scores = SegmentationScores(num_classes=6)
+    totals = np.zeros((3, 6), dtype=np.int64)
     all_labels, all_preds = [], []
     for shape in [(7, 9), (5, 4), (8, 8)]:
         labels = rng.integers(0, 4, shape)
         labels[rng.random(shape) < 0.2] = 255
         preds = rng.integers(0, 5, shape)
-        scores.update(torch.from_numpy(preds), torch.from_numpy(labels))
+        totals += image_counts(torch.from_numpy(preds), torch.from_numpy(labels), num_classes=6)
         valid = labels != 255
         all_labels.append(labels[valid])
         all_preds.append(preds[valid])
     labels, preds = np.concatenate(all_labels), np.concatenate(all_preds)
 
-    result = scores.compute()
+    result = segmentation_scores(*totals)
     present = sorted(set(labels) | set(preds))
     assert present == [0, 1, 2, 3, 4]
     assert result["miou"] == pytest.approx(
@@ -68,7 +70,7 @@ def test_evaluator_resizes_logits_to_the_label_size() -> None:
     logits[2, :, 3:] = 5.0
     target = torch.full((8, 12), 2)
     target[:, :6] = 1
-    evaluator = SegmentationEvaluator(num_classes=3, device=torch.device("cpu"))
+    evaluator = SegmentationEvaluator(num_classes=3)
     evaluator.update([logits], [target])
     assert evaluator.compute() == {"miou": 100.0, "macc": 100.0, "aacc": 100.0}
 
@@ -221,6 +223,10 @@ def test_run_on_the_ade20k_fixture_writes_miou(ade_root: Path, results_dir: Path
     assert record["task"] == "semantic" and record["best"]["metric"] == "miou"
     assert set(record["metrics"]) == {"miou", "macc", "aacc"}
     assert 0.0 <= record["metrics"]["miou"] <= 100.0
+    outcomes = read_outcomes(results_dir / "runs" / record["run_id"])  # per test image, 150 classes
+    shape = (record["split_sizes"]["test"], len(ADE20K_CLASSES))
+    assert {name: counts.shape for name, counts in outcomes.items()} == dict.fromkeys(COUNTS, shape)
+    assert TASKS["semantic"].score(outcomes, None) == record["metrics"]  # exactly
 
 
 def test_missing_ade20k_names_the_path_and_the_layout(tmp_path: Path) -> None:

@@ -1,64 +1,86 @@
 """Semantic segmentation scores as mmsegmentation's IoUMetric: mIoU, mAcc and aAcc in percent.
 
-Intersections and unions are accumulated over the whole split, not averaged per image: a
-num_classes x num_classes confusion matrix (torchmetrics' bincount on the device), summed across
-DDP ranks at compute. A class whose union is empty (absent from labels and predictions) has no
-IoU and is left out of the mean, as mmseg's nanmean does.
+Intersections and unions are accumulated over the whole split, not averaged per image: per image,
+the pixels of each class where prediction and label agree, that are labelled it and that are
+predicted it (`ignore_index` pixels left out), summed over the images of all DDP ranks. A class
+whose union is empty (absent from labels and predictions) has no IoU and is left out of the mean,
+as mmseg's nanmean does. The per-image counts are the run's stored outcomes
+(`peft_bench.results.outcomes`): a resample of the images sums the counts of the images drawn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from peft_bench.data.targets import IGNORE_INDEX
+from peft_bench.engine.distributed import computed_on_main, gather_in_sample_order
 from peft_bench.layers.maps import resize
 
+COUNTS = ("intersection", "label_area", "predicted_area")  # the outcomes, each (images, classes)
 
-def segmentation_scores(confmat: torch.Tensor) -> dict[str, float]:
-    """mIoU, mAcc (mean per-class pixel accuracy) and aAcc (all pixels) from a confusion matrix
-    whose rows are labels and columns predictions."""
-    confmat = confmat.double()
-    intersection = confmat.diagonal()
-    label_area, predicted_area = confmat.sum(1), confmat.sum(0)
+
+def image_counts(
+    prediction: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
+    """(3, num_classes) int64 for one label map: per class, the pixels where prediction and label
+    agree, that are labelled it and that are predicted it (`ignore_index` pixels left out)."""
+    valid = target != ignore_index
+    predicted, labelled = prediction[valid], target[valid]
+    counts = [labelled[predicted == labelled], labelled, predicted]
+    return torch.stack([torch.bincount(c.long(), minlength=num_classes) for c in counts]).cpu().numpy()
+
+
+def segmentation_scores(intersection: np.ndarray, label_area: np.ndarray, predicted_area: np.ndarray) -> dict:
+    """mIoU, mAcc (mean per-class pixel accuracy) and aAcc (all pixels) from the per-class totals."""
+    intersection, label_area = intersection.astype(np.float64), label_area.astype(np.float64)
     union = label_area + predicted_area - intersection
-    iou = intersection / union  # nan where the union is empty
-    accuracy = intersection / label_area  # nan for a class absent from the labels
-    return {
-        "miou": 100.0 * iou.nanmean().item(),
-        "macc": 100.0 * accuracy.nanmean().item(),
-        "aacc": 100.0 * (intersection.sum() / label_area.sum()).item(),
-    }
+    with np.errstate(invalid="ignore"):  # 0 / 0: nan, a class without a union (IoU) or label (Acc)
+        iou, accuracy = intersection / union, intersection / label_area
+        overall = intersection.sum() / label_area.sum()
+    return {"miou": 100.0 * _nanmean(iou), "macc": 100.0 * _nanmean(accuracy), "aacc": 100.0 * float(overall)}
 
 
-class SegmentationScores(MulticlassConfusionMatrix):
-    """Accumulates label maps (any shape, integer class ids) against targets, `ignore_index`
-    pixels left out; `compute` syncs across ranks and returns `segmentation_scores`."""
+def _nanmean(values: np.ndarray) -> float:
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if len(defined) else math.nan
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__(num_classes, ignore_index=ignore_index, validate_args=False)
 
-    def compute(self) -> dict[str, float]:  # type: ignore[override]
-        return segmentation_scores(super().compute())
+def miou_scores(outcomes: Mapping[str, np.ndarray], images: np.ndarray | None = None) -> dict[str, float]:
+    """The scores over `images` (indices into the split, repeats allowed: a resample; None: every
+    image) from the per-image counts."""
+    totals = [(outcomes[name] if images is None else outcomes[name][images]).sum(0) for name in COUNTS]
+    return segmentation_scores(*totals)
 
 
 class SegmentationEvaluator:
-    """mIoU, mAcc and aAcc over a split (`SegmentationScores`), each prediction's logits resized
-    (bilinear) to its label map's original size before the argmax, as mmseg does."""
+    """mIoU, mAcc and aAcc over a split, each prediction's logits resized (bilinear) to its label
+    map's original size before the argmax, as mmseg does."""
 
-    def __init__(self, num_classes: int, device: torch.device) -> None:
-        self.scores = SegmentationScores(num_classes).to(device)
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.reset()
 
     def reset(self) -> None:
-        self.scores.reset()
+        self.counts: list[np.ndarray] = []  # per image: image_counts
 
     def update(self, predictions: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> None:
         for logits, target in zip(predictions, targets, strict=True):
             if logits.shape[-2:] != target.shape[-2:]:
                 logits = resize(logits[None].float(), target.shape[-2:])[0]
-            self.scores.update(logits.argmax(0), target.to(logits.device))
+            self.counts.append(image_counts(logits.argmax(0), target.to(logits.device), self.num_classes))
 
     def compute(self) -> dict[str, float]:
-        return self.scores.compute()
+        return computed_on_main(self.counts, lambda counts: miou_scores(self._outcomes(counts)))
+
+    def outcomes(self) -> dict[str, np.ndarray] | None:
+        """Per image of the split, in its order: the three counts per class; on rank 0 (None elsewhere)."""
+        counts = gather_in_sample_order(self.counts)
+        return None if counts is None else self._outcomes(counts)
+
+    def _outcomes(self, counts: list[np.ndarray]) -> dict[str, np.ndarray]:
+        table = np.stack(counts) if counts else np.zeros((0, len(COUNTS), self.num_classes), dtype=np.int64)
+        return {name: table[:, row] for row, name in enumerate(COUNTS)}

@@ -13,14 +13,15 @@ from peft_bench.data.ade20k import ADE20K_CROP, build_ade20k_data
 from peft_bench.data.base import TaskData
 from peft_bench.data.embedded import build_scene_segmentation, scene_size
 from peft_bench.errors import UserError
-from peft_bench.metrics.miou import SegmentationEvaluator
+from peft_bench.metrics.miou import SegmentationEvaluator, miou_scores
 from peft_bench.models.segmenter import UperNetSegmenter
 from peft_bench.tasks.base import register_dataset, register_head, register_task
 
 register_task(
     "semantic",
     main_metric="miou",
-    evaluator=lambda data, device: SegmentationEvaluator(data.num_classes, device),
+    evaluator=lambda data, device: SegmentationEvaluator(data.num_classes),
+    score=miou_scores,
 )
 
 
