@@ -23,6 +23,8 @@ from peft_bench.errors import UserError
 from peft_bench.methods import METHODS
 from peft_bench.metrics.voc_map import Detections, GroundTruth, VOCEvaluator, voc_map
 from peft_bench.models.retinanet import RetinaNetModel, retinanet_fpn
+from peft_bench.results.outcomes import read_outcomes
+from peft_bench.tasks import TASKS
 
 
 @pytest.fixture(autouse=True)
@@ -378,3 +380,6 @@ def test_cli_run_on_voc_records_ap50(voc_root: Path, results_dir: Path) -> None:
     # dataset=voc brings the paper's protocol: all of trainval trains, the last checkpoint is reported
     assert record["protocol"] == "paper" and record["best"]["split"].startswith("none (no model selection)")
     assert record["metrics"] == record["metrics_last"] and record["val_history"] == []
+    outcomes = read_outcomes(results_dir / "runs" / record["run_id"])  # per test image and class
+    assert outcomes["positives"].shape == (record["split_sizes"]["test"], len(VOC_CLASSES))
+    assert TASKS["detection"].score(outcomes, None) == record["metrics"]  # exactly

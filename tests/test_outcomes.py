@@ -13,11 +13,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import SMOKE, records, run_cli
 from sklearn.metrics import jaccard_score
+from test_detection import as_tensors, hand_case
 from torchmetrics.classification import MulticlassAccuracy
 
 from peft_bench.engine.distributed import ShardSampler
 from peft_bench.metrics.accuracy import ClassificationEvaluator, accuracy_scores
 from peft_bench.metrics.miou import SegmentationEvaluator, miou_scores
+from peft_bench.metrics.voc_map import VOCEvaluator, voc_map, voc_scores
 from peft_bench.results.outcomes import read_outcomes, write_outcomes
 from peft_bench.tasks import TASKS
 
@@ -125,3 +127,20 @@ def test_segmentation_outcomes_resample_whole_images() -> None:
     assert miou_scores(outcomes, np.array(drawn))["miou"] == pytest.approx(expected)
     assert miou_scores(outcomes) == evaluator.compute()
     assert miou_scores(outcomes, np.array(drawn)) != miou_scores(outcomes)
+
+
+def test_detection_outcomes_score_a_resample_as_its_images_side_by_side() -> None:
+    """The hand-worked VOC case (tests/test_detection.py): image 1 alone has class 1's d4 (TP), d5 and
+    d6 (FP) against two positives, so AP = 6/11 at 11 points; drawing image 0 twice and image 1
+    once scores as those three images evaluated together."""
+    detections, ground_truths = hand_case()
+    evaluator = VOCEvaluator(num_classes=3)
+    for det, gt in zip(detections, ground_truths, strict=True):
+        evaluator.update(*as_tensors(det, gt))
+    outcomes = evaluator.outcomes()
+    assert voc_scores(outcomes) == evaluator.compute()
+    assert voc_scores(outcomes, np.array([1])) == {"ap50": pytest.approx(600 / 11)}
+    drawn = (0, 0, 1)
+    together, _ = voc_map([detections[i] for i in drawn], [ground_truths[i] for i in drawn], [1, 2, 3])
+    assert voc_scores(outcomes, np.array(drawn)) == {"ap50": pytest.approx(100 * together)}
+    assert together != pytest.approx(3 / 11)  # the duplicate changes the score

@@ -15,16 +15,17 @@ Boxes are (x1, y1, x2, y2) in continuous pixel coordinates (`peft_bench.data.voc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from peft_bench.engine.distributed import computed_on_main
+from peft_bench.engine.distributed import computed_on_main, gather_in_sample_order
 
 MODES = ("11points", "area")
+DETECTION_FIELDS = ("image", "class_index", "score", "tp", "fp")  # per matched detection: `match_images`
 
 
 @dataclass(frozen=True)
@@ -79,30 +80,70 @@ def match_image(
     return tp, fp
 
 
-def class_average_precision(
-    detections: Sequence[Detections],
-    ground_truths: Sequence[GroundTruth],
-    label: int,
-    iou_threshold: float = 0.5,
-    mode: str = "11points",
-) -> float | None:
-    """AP of class `label` over images given in the same order; None if it has no positive."""
-    scores, tps, fps, positives = [], [], [], 0
-    for det, gt in zip(detections, ground_truths, strict=True):
-        mine, gt_mine = det.labels == label, gt.labels == label
-        positives += int(np.sum(~gt.difficult[gt_mine]))
-        order = np.argsort(-det.scores[mine], kind="stable")
-        tp, fp = match_image(det.boxes[mine][order], gt.boxes[gt_mine], gt.difficult[gt_mine], iou_threshold)
-        scores.append(det.scores[mine][order])
-        tps.append(tp)
-        fps.append(fp)
-    if positives == 0:
-        return None
-    ranking = np.argsort(-np.concatenate(scores), kind="stable")
-    tp = np.cumsum(np.concatenate(tps)[ranking])
-    fp = np.cumsum(np.concatenate(fps)[ranking])
-    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    return average_precision(tp / positives, precision, mode)
+def match_images(
+    images: Sequence[tuple[Detections, GroundTruth]], labels: Sequence[int], iou_threshold: float = 0.5
+) -> dict[str, np.ndarray]:
+    """Every detection of `labels` matched within its image, as per-image outcomes: `image` (its index
+    in `images`), `class_index` (into `labels`), `score`, `tp` and `fp` per detection, grouped by image
+    in order and, within one, by class and descending score (stable); `positives`: the non-difficult
+    boxes per image and class. Matching never looks across images, so any resample of the images
+    is scored from these alone (`mean_average_precision`)."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in DETECTION_FIELDS}
+    positives = np.zeros((len(images), len(labels)), dtype=np.int64)
+    for index, (det, gt) in enumerate(images):
+        for column, label in enumerate(labels):
+            mine, gt_mine = det.labels == label, gt.labels == label
+            positives[index, column] = np.sum(~gt.difficult[gt_mine])
+            order = np.argsort(-det.scores[mine], kind="stable")
+            boxes, scores = det.boxes[mine][order], det.scores[mine][order]
+            tp, fp = match_image(boxes, gt.boxes[gt_mine], gt.difficult[gt_mine], iou_threshold)
+            where = (np.full(len(order), index), np.full(len(order), column))
+            found = (*where, scores, tp.astype(bool), fp.astype(bool))
+            for name, values in zip(DETECTION_FIELDS, found, strict=True):
+                parts[name].append(values)
+    outcomes = {
+        name: np.concatenate(values) if values else np.zeros(0, np.int64) for name, values in parts.items()
+    }
+    return {**outcomes, "positives": positives}
+
+
+def drawn_detections(image: np.ndarray, drawn: np.ndarray, num_images: int) -> np.ndarray:
+    """Indices of the detections of the `drawn` images (repeats allowed), image by image in the
+    order drawn; `image` is each detection's image, grouped by image in order (`match_images`)."""
+    counts = np.bincount(image, minlength=num_images)
+    starts = np.cumsum(counts) - counts
+    lengths = counts[drawn]
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts[drawn] - offsets, lengths) + np.arange(lengths.sum())
+
+
+def mean_average_precision(
+    outcomes: Mapping[str, np.ndarray], images: np.ndarray | None = None, mode: str = "11points"
+) -> tuple[float, dict[int, float]]:
+    """(mean AP, AP per class index) over `images` (indices, repeats allowed: a resample; None: all)
+    from `match_images`' outcomes, as fractions; a class without positives among them is left out."""
+    if mode not in MODES:
+        raise ValueError(f"unknown AP mode {mode!r}: use one of {MODES}")
+    positives = outcomes["positives"]
+    drawn = np.arange(len(positives)) if images is None else np.asarray(images)
+    picked = drawn_detections(outcomes["image"], drawn, len(positives))
+    classes, scores = outcomes["class_index"][picked], outcomes["score"][picked]
+    per_class = {}
+    for column, total in enumerate(positives[drawn].sum(0)):
+        if total == 0:
+            continue
+        mine = picked[classes == column]
+        ranking = np.argsort(-scores[classes == column], kind="stable")
+        tp = np.cumsum(outcomes["tp"][mine][ranking])
+        fp = np.cumsum(outcomes["fp"][mine][ranking])
+        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        per_class[column] = average_precision(tp / total, precision, mode)
+    return (float(np.mean(list(per_class.values()))) if per_class else 0.0), per_class
+
+
+def voc_scores(outcomes: Mapping[str, np.ndarray], images: np.ndarray | None = None) -> dict[str, float]:
+    """`ap50` in percent (11 points, `VOCEvaluator`'s) over `images` from a run's stored outcomes."""
+    return {"ap50": 100.0 * mean_average_precision(outcomes, images)[0]}
 
 
 def voc_map(
@@ -113,14 +154,10 @@ def voc_map(
     mode: str = "11points",
 ) -> tuple[float, dict[int, float]]:
     """(mean AP, AP per label) over `labels`, as fractions; labels without positives are left out."""
-    if mode not in MODES:
-        raise ValueError(f"unknown AP mode {mode!r}: use one of {MODES}")
-    per_class = {}
-    for label in labels:
-        ap = class_average_precision(detections, ground_truths, label, iou_threshold, mode)
-        if ap is not None:
-            per_class[label] = ap
-    return (float(np.mean(list(per_class.values()))) if per_class else 0.0), per_class
+    labels = list(labels)
+    outcomes = match_images(list(zip(detections, ground_truths, strict=True)), labels, iou_threshold)
+    mean, per_class = mean_average_precision(outcomes, None, mode)
+    return mean, {labels[column]: ap for column, ap in per_class.items()}
 
 
 class VOCEvaluator:
@@ -128,33 +165,33 @@ class VOCEvaluator:
     Targets without `difficult` flags (the embedded scenes) have no difficult object."""
 
     def __init__(self, num_classes: int, mode: str = "11points") -> None:
-        self.labels = range(1, num_classes + 1)
+        self.labels = list(range(1, num_classes + 1))
         self.mode = mode
         self.reset()
 
     def reset(self) -> None:
-        self.detections: list[Detections] = []
-        self.ground_truths: list[GroundTruth] = []
+        self.images: list[tuple[Detections, GroundTruth]] = []
 
     def update(
         self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]
     ) -> None:
         for prediction, target in zip(predictions, targets, strict=True):
             boxes, scores, labels = (_np(prediction[k]) for k in ("boxes", "scores", "labels"))
-            self.detections.append(Detections(boxes, scores, labels))
             difficult = target.get("difficult", torch.zeros_like(target["labels"], dtype=torch.bool))
-            self.ground_truths.append(
-                GroundTruth(_np(target["boxes"]), _np(target["labels"]), _np(difficult))
-            )
+            truth = GroundTruth(_np(target["boxes"]), _np(target["labels"]), _np(difficult))
+            self.images.append((Detections(boxes, scores, labels), truth))
 
     def compute(self) -> dict[str, float]:
         """Over every process's images: computed once, on rank 0."""
-        return computed_on_main(list(zip(self.detections, self.ground_truths, strict=True)), self._ap50)
+        return computed_on_main(self.images, lambda images: {"ap50": 100.0 * self._map(images)})
 
-    def _ap50(self, images: list[tuple[Detections, GroundTruth]]) -> dict[str, float]:
-        detections, truths = zip(*images, strict=True) if images else ((), ())
-        mean, _ = voc_map(list(detections), list(truths), self.labels, 0.5, self.mode)
-        return {"ap50": 100.0 * mean}
+    def outcomes(self) -> dict[str, np.ndarray] | None:
+        """`match_images`' outcomes of the split's images in its order, on rank 0 (None elsewhere)."""
+        images = gather_in_sample_order(self.images)
+        return None if images is None else match_images(images, self.labels, 0.5)
+
+    def _map(self, images: list[tuple[Detections, GroundTruth]]) -> float:
+        return mean_average_precision(match_images(images, self.labels, 0.5), None, self.mode)[0]
 
 
 def _np(tensor: torch.Tensor) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 `outcomes.npz` in the run folder holds, per test image in the split's order, what the task's
 `score` function needs to recompute the reported metrics on any resampling of the test images
-(classification: top1 / top5 hits; semantic segmentation: per class, the pixels of agreement,
+(classification: top1 / top5 hits; VOC detection: each detection matched within its image, and
+the positives per image and class; semantic segmentation: per class, the pixels of agreement,
 label and prediction), so that intervals and paired tests need no re-evaluation. It is
 written atomically before `metrics.json`, which marks the run completed; records from before it
 existed have none, and their intervals are unavailable.

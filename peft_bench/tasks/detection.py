@@ -7,11 +7,16 @@ from peft_bench.config import Config, RetinaNetHeadConfig
 from peft_bench.data.base import TaskData
 from peft_bench.data.embedded import build_scene_detection_data, scene_size
 from peft_bench.data.voc import build_voc_data
-from peft_bench.metrics.voc_map import VOCEvaluator
+from peft_bench.metrics.voc_map import VOCEvaluator, voc_scores
 from peft_bench.models.retinanet import FPN_STAGES, RetinaNetModel
 from peft_bench.tasks.base import register_dataset, register_head, register_task
 
-register_task("detection", main_metric="ap50", evaluator=lambda data, device: VOCEvaluator(data.num_classes))
+register_task(
+    "detection",
+    main_metric="ap50",
+    evaluator=lambda data, device: VOCEvaluator(data.num_classes),
+    score=voc_scores,
+)
 
 
 @register_head("retinanet", task="detection", config=RetinaNetHeadConfig, stages=FPN_STAGES)
