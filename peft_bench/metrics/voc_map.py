@@ -97,7 +97,7 @@ def match_images(
             order = np.argsort(-det.scores[mine], kind="stable")
             boxes, scores = det.boxes[mine][order], det.scores[mine][order]
             tp, fp = match_image(boxes, gt.boxes[gt_mine], gt.difficult[gt_mine], iou_threshold)
-            where = (np.full(len(order), index), np.full(len(order), column))
+            where = (np.full(len(order), index, np.int32), np.full(len(order), column, np.int16))
             found = (*where, scores, tp.astype(bool), fp.astype(bool))
             for name, values in zip(DETECTION_FIELDS, found, strict=True):
                 parts[name].append(values)
