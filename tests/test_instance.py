@@ -40,6 +40,8 @@ from peft_bench.models.cascade import (
     mmdet_stages,
 )
 from peft_bench.models.mask_rcnn import InstanceSegmentationModel, ProposalBudget
+from peft_bench.results.outcomes import read_outcomes
+from peft_bench.tasks import TASKS
 
 
 @pytest.fixture(autouse=True)
@@ -669,3 +671,9 @@ def test_cli_run_on_the_coco_fixture_records_box_and_mask_ap(coco_root: Path, tm
     assert all(0.0 <= v <= 100.0 for v in record["metrics"].values())
     assert record["best"]["metric"] == "ap_mask" and "held out" in record["best"]["split"]
     assert 0 < record["params"]["backbone_trainable"] < record["params"]["backbone_total"]
+    outcomes = read_outcomes(results_dir / "runs" / record["run_id"])  # per test image and category
+    assert {name: len(values) for name, values in outcomes.items() if name.endswith("positives")} == {
+        "box.positives": record["split_sizes"]["test"],
+        "mask.positives": record["split_sizes"]["test"],
+    }
+    assert TASKS["instance"].score(outcomes, None) == record["metrics"]  # exactly

@@ -14,10 +14,12 @@ import torch.multiprocessing as mp
 from conftest import SMOKE, records, run_cli
 from sklearn.metrics import jaccard_score
 from test_detection import as_tensors, hand_case
+from test_instance import CASE, _pycocotools_ap, _torch_case
 from torchmetrics.classification import MulticlassAccuracy
 
 from peft_bench.engine.distributed import ShardSampler
 from peft_bench.metrics.accuracy import ClassificationEvaluator, accuracy_scores
+from peft_bench.metrics.coco import InstanceEvaluator, instance_scores
 from peft_bench.metrics.miou import SegmentationEvaluator, miou_scores
 from peft_bench.metrics.voc_map import VOCEvaluator, voc_map, voc_scores
 from peft_bench.results.outcomes import read_outcomes, write_outcomes
@@ -144,3 +146,16 @@ def test_detection_outcomes_score_a_resample_as_its_images_side_by_side() -> Non
     together, _ = voc_map([detections[i] for i in drawn], [ground_truths[i] for i in drawn], [1, 2, 3])
     assert voc_scores(outcomes, np.array(drawn)) == {"ap50": pytest.approx(100 * together)}
     assert together != pytest.approx(3 / 11)  # the duplicate changes the score
+
+
+def test_instance_outcomes_score_a_resample_as_pycocotools_scores_its_images_side_by_side() -> None:
+    """tests/test_instance.py's case: drawing image 0 twice and image 2 once scores as pycocotools
+    evaluating those three images together, boxes and masks."""
+    evaluator = InstanceEvaluator()
+    evaluator.update(*_torch_case(CASE))
+    outcomes = evaluator.outcomes()
+    assert instance_scores(outcomes) == evaluator.compute()
+    drawn = [CASE[i] for i in (0, 0, 2)]
+    expected = {"ap_box": _pycocotools_ap(drawn, "bbox"), "ap_mask": _pycocotools_ap(drawn, "segm")}
+    assert instance_scores(outcomes, np.array([0, 0, 2])) == pytest.approx(expected, abs=1e-9)
+    assert expected != pytest.approx(evaluator.compute())

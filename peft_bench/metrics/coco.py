@@ -1,68 +1,203 @@
-"""COCO box and mask mAP of instance segmentation, by torchmetrics over pycocotools."""
+"""COCO box and mask mAP@[.5:.95] of instance segmentation: pycocotools matches, per image, as COCO does.
+
+pycocotools' `COCOeval.evaluate` matches each image's detections to its ground truth (crowds
+ignored, the 100 best detections per image and category) and `accumulate` ranks them over the split.
+Only the first looks at boxes and masks, and only within one image: its per-image results are the
+run's stored outcomes (`peft_bench.results.outcomes`), from which `coco_ap` ranks any resample of the
+images as `accumulate` and `summarize` rank the whole split (all areas, at most 100 detections, the
+101 recall thresholds and ten IoU thresholds: the AP the paper reports).
+"""
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torchmetrics.detection import MeanAveragePrecision
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
-from peft_bench.engine.distributed import computed_on_main
+from peft_bench.engine.distributed import computed_on_main, gather_in_sample_order
+from peft_bench.results.outcomes import rows_of_drawn
 
 MASK_THRESHOLD = 0.5  # mask probabilities above it belong to the instance (mmdet's mask_thr_binary)
+MAX_DETECTIONS = 100  # per image and category, as COCO's AP
+RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
+IOU_TYPES = {"box": "bbox", "mask": "segm"}  # our prefix -> pycocotools' iouType
+
+
+@dataclass(frozen=True)
+class Instances:
+    """One image's instances: boxes (N, 4) xyxy, labels (N,), masks as COCO RLEs, and scores (N,)
+    for detections or crowd flags (N,) for ground truth."""
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    masks: list[dict]
+    scores: np.ndarray | None = None
+    crowd: np.ndarray | None = None
+
+
+def encode_masks(masks: torch.Tensor) -> list[dict]:
+    """COCO's compressed RLE of each of (N, H, W) binary masks."""
+    if not len(masks):
+        return []
+    return mask_utils.encode(np.asfortranarray(masks.to(torch.uint8).permute(1, 2, 0).numpy()))
+
+
+def _coco(images: Sequence[tuple[Instances, Instances]], iou_type: str) -> tuple[COCO, COCO]:
+    """The ground truth and the detections as pycocotools datasets; image i has id i."""
+    datasets = {"truth": [], "detections": []}
+    for image_id, (detections, truth) in enumerate(images):
+        for side, instances in (("detections", detections), ("truth", truth)):
+            for i, (x0, y0, x1, y1) in enumerate(instances.boxes.tolist()):
+                area = mask_utils.area(instances.masks[i]) if iou_type == "segm" else (x1 - x0) * (y1 - y0)
+                annotation = {
+                    "id": len(datasets[side]) + 1,
+                    "image_id": image_id,
+                    "category_id": int(instances.labels[i]),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "segmentation": instances.masks[i],
+                    "area": float(area),
+                    "iscrowd": 0 if instances.crowd is None else int(instances.crowd[i]),
+                }
+                if instances.scores is not None:
+                    annotation["score"] = float(instances.scores[i])
+                datasets[side].append(annotation)
+    labels = sorted({a["category_id"] for entries in datasets.values() for a in entries})
+    sizes = [next((m["size"] for side in image for m in side.masks), (0, 0)) for image in images]
+    coco = {}
+    for side, entries in datasets.items():
+        coco[side] = COCO()
+        coco[side].dataset = {
+            "images": [{"id": i, "height": h, "width": w} for i, (h, w) in enumerate(sizes)],
+            "categories": [{"id": label} for label in labels],
+            "annotations": entries,
+        }
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco[side].createIndex()
+    return coco["truth"], coco["detections"]
+
+
+def match_instances(images: Sequence[tuple[Instances, Instances]], iou_type: str) -> dict[str, np.ndarray]:
+    """pycocotools' per-image matches of (detections, ground truth) `images`, over all areas: per
+    detection `image`, `class_index`, `score`, `matched` and `ignored` (T IoU thresholds each),
+    grouped by image in order and, within one, by class and descending score; `positives`: the
+    non-crowd objects per image and class."""
+    truth, detections = _coco(images, iou_type)
+    evaluation = COCOeval(truth, detections, iou_type)
+    evaluation.params.areaRng, evaluation.params.areaRngLbl = [[0, 1e10]], ["all"]
+    evaluation.params.maxDets = [MAX_DETECTIONS]
+    categories = evaluation.params.catIds
+    thresholds = len(evaluation.params.iouThrs)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluation.evaluate()
+    per_image: dict[tuple[int, int], dict] = {}
+    for found in evaluation.evalImgs:  # category-major, then image
+        if found is not None:
+            per_image[found["image_id"], categories.index(found["category_id"])] = found
+    parts: dict[str, list] = {name: [] for name in ("image", "class_index", "score", "matched", "ignored")}
+    positives = np.zeros((len(images), len(categories)), dtype=np.int64)
+    for (image, column), found in sorted(per_image.items()):
+        count = len(found["dtScores"])
+        positives[image, column] = np.count_nonzero(np.asarray(found["gtIgnore"]) == 0)
+        parts["image"].append(np.full(count, image, np.int32))
+        parts["class_index"].append(np.full(count, column, np.int16))
+        parts["score"].append(np.asarray(found["dtScores"], np.float32))  # float32 scores, exactly
+        parts["matched"].append(np.asarray(found["dtMatches"]).T.reshape(count, thresholds) > 0)
+        parts["ignored"].append(np.asarray(found["dtIgnore"]).T.reshape(count, thresholds).astype(bool))
+    empty = {"matched": np.zeros((0, thresholds), bool), "ignored": np.zeros((0, thresholds), bool)}
+    outcomes = {
+        name: np.concatenate(values) if values else empty.get(name, np.zeros(0, np.int64))
+        for name, values in parts.items()
+    }
+    return {**outcomes, "positives": positives}
+
+
+def coco_ap(outcomes: Mapping[str, np.ndarray], images: np.ndarray | None = None) -> float:
+    """COCO mAP@[.5:.95] (a fraction) over `images` (indices, repeats allowed: a resample; None:
+    all) from `match_instances`' outcomes, ranked as pycocotools' `accumulate`; 0 with no category
+    that has a positive."""
+    positives = outcomes["positives"]
+    drawn = np.arange(len(positives)) if images is None else np.asarray(images)
+    picked = rows_of_drawn(outcomes["image"], drawn, len(positives))
+    classes = outcomes["class_index"][picked]
+    precisions = []
+    for column, total in enumerate(positives[drawn].sum(0)):
+        if total == 0:
+            continue
+        mine = picked[classes == column]
+        if not len(mine):  # positives, no detection: zero precision at every threshold
+            precisions += [np.zeros(len(RECALL_THRESHOLDS))] * outcomes["matched"].shape[1]
+            continue
+        ranking = np.argsort(-outcomes["score"][mine], kind="mergesort")
+        matched, ignored = outcomes["matched"][mine][ranking].T, outcomes["ignored"][mine][ranking].T
+        tp_sum = np.cumsum(matched & ~ignored, axis=1).astype(float)
+        fp_sum = np.cumsum(~matched & ~ignored, axis=1).astype(float)
+        for tp, fp in zip(tp_sum, fp_sum, strict=True):
+            precision = np.maximum.accumulate((tp / (fp + tp + np.spacing(1)))[::-1])[::-1]
+            at = np.searchsorted(tp / total, RECALL_THRESHOLDS, side="left")
+            precisions.append(np.where(at < len(tp), precision[np.minimum(at, len(tp) - 1)], 0.0))
+    return float(np.mean(precisions)) if precisions else 0.0
+
+
+def instance_outcomes(images: Sequence[tuple[Instances, Instances]]) -> dict[str, np.ndarray]:
+    """`match_instances` of boxes and of masks, each outcome prefixed `box.` or `mask.`."""
+    return {
+        f"{prefix}.{name}": values
+        for prefix, iou_type in IOU_TYPES.items()
+        for name, values in match_instances(images, iou_type).items()
+    }
+
+
+def instance_scores(outcomes: Mapping[str, np.ndarray], images: np.ndarray | None = None) -> dict[str, float]:
+    """`ap_box` and `ap_mask` in percent over `images` from a run's stored outcomes."""
+    scores = {}
+    for prefix in IOU_TYPES:
+        mine = {
+            name.partition(".")[2]: values for name, values in outcomes.items() if name.startswith(prefix)
+        }
+        scores[f"ap_{prefix}"] = 100.0 * coco_ap(mine, images)
+    return scores
 
 
 class InstanceEvaluator:
-    """COCO mAP@[.5:.95] of boxes and masks (`ap_box`, `ap_mask`, percent) by torchmetrics over
-    pycocotools (faster-coco-eval when installed), over the images of every DDP rank.
-
-    torchmetrics' own sync gathers its per-image states one collective per image, which breaks when
-    ranks hold different numbers of images (the eval shards do): the evaluator gathers the states to
-    rank 0 itself, evaluates there once and sends the metrics to every rank. The states live on the
-    CPU, where COCO evaluation runs.
-    """
-
-    BACKEND = "faster_coco_eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
+    """COCO mAP@[.5:.95] of boxes and masks (`ap_box`, `ap_mask`, percent) over the images of every
+    DDP rank, evaluated once on rank 0 and sent to every rank. Masks are kept as RLEs on the CPU."""
 
     def __init__(self) -> None:
-        self.metric = self.new_metric()
-
-    def new_metric(self) -> MeanAveragePrecision:
-        return MeanAveragePrecision(iou_type=("bbox", "segm"), backend=self.BACKEND, sync_on_compute=False)
+        self.reset()
 
     def reset(self) -> None:
-        self.metric.reset()
+        self.images: list[tuple[Instances, Instances]] = []
 
     def update(
         self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]
     ) -> None:
-        detections = [
-            {
-                "boxes": p["boxes"].float().cpu(),
-                "scores": p["scores"].float().cpu(),
-                "labels": p["labels"].cpu(),
-                "masks": (p["masks"][:, 0] > MASK_THRESHOLD).cpu(),
-            }
-            for p in predictions
-        ]
-        truths = [
-            {
-                "boxes": t["boxes"].float().cpu(),
-                "labels": t["labels"].cpu(),
-                "masks": t["masks"].bool().cpu(),
-                **({"iscrowd": t["iscrowd"].cpu()} if "iscrowd" in t else {}),
-            }
-            for t in targets
-        ]
-        self.metric.update(detections, truths)
+        for p, t in zip(predictions, targets, strict=True):
+            detections = Instances(
+                p["boxes"].float().cpu().numpy(),
+                p["labels"].cpu().numpy(),
+                encode_masks(p["masks"][:, 0].cpu() > MASK_THRESHOLD),
+                scores=p["scores"].float().cpu().numpy(),
+            )
+            crowd = t["iscrowd"].cpu().numpy() if "iscrowd" in t else np.zeros(len(t["labels"]), np.int64)
+            truth = Instances(
+                t["boxes"].float().cpu().numpy(),
+                t["labels"].cpu().numpy(),
+                encode_masks(t["masks"].bool().cpu()),
+                crowd=crowd,
+            )
+            self.images.append((detections, truth))
 
     def compute(self) -> dict[str, float]:
-        """Over every process's images: COCO evaluation runs once, on rank 0."""
-        return computed_on_main([self.metric.metric_state], self._ap)
+        return computed_on_main(self.images, lambda images: instance_scores(instance_outcomes(images)))
 
-    def _ap(self, shards: list[dict[str, list]]) -> dict[str, float]:
-        merged = self.new_metric()
-        for name in self.metric.metric_state:
-            setattr(merged, name, [item for shard in shards for item in shard[name]])
-        result = merged.compute()
-        return {"ap_box": 100.0 * result["bbox_map"].item(), "ap_mask": 100.0 * result["segm_map"].item()}
+    def outcomes(self) -> dict[str, np.ndarray] | None:
+        """`instance_outcomes` of the split's images in its order, on rank 0 (None elsewhere)."""
+        images = gather_in_sample_order(self.images)
+        return None if images is None else instance_outcomes(images)

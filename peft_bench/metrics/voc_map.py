@@ -23,6 +23,7 @@ import torch
 from torchvision.ops import box_iou
 
 from peft_bench.engine.distributed import computed_on_main, gather_in_sample_order
+from peft_bench.results.outcomes import rows_of_drawn
 
 MODES = ("11points", "area")
 DETECTION_FIELDS = ("image", "class_index", "score", "tp", "fp")  # per matched detection: `match_images`
@@ -107,16 +108,6 @@ def match_images(
     return {**outcomes, "positives": positives}
 
 
-def drawn_detections(image: np.ndarray, drawn: np.ndarray, num_images: int) -> np.ndarray:
-    """Indices of the detections of the `drawn` images (repeats allowed), image by image in the
-    order drawn; `image` is each detection's image, grouped by image in order (`match_images`)."""
-    counts = np.bincount(image, minlength=num_images)
-    starts = np.cumsum(counts) - counts
-    lengths = counts[drawn]
-    offsets = np.cumsum(lengths) - lengths
-    return np.repeat(starts[drawn] - offsets, lengths) + np.arange(lengths.sum())
-
-
 def mean_average_precision(
     outcomes: Mapping[str, np.ndarray], images: np.ndarray | None = None, mode: str = "11points"
 ) -> tuple[float, dict[int, float]]:
@@ -126,7 +117,7 @@ def mean_average_precision(
         raise ValueError(f"unknown AP mode {mode!r}: use one of {MODES}")
     positives = outcomes["positives"]
     drawn = np.arange(len(positives)) if images is None else np.asarray(images)
-    picked = drawn_detections(outcomes["image"], drawn, len(positives))
+    picked = rows_of_drawn(outcomes["image"], drawn, len(positives))
     classes, scores = outcomes["class_index"][picked], outcomes["score"][picked]
     per_class = {}
     for column, total in enumerate(positives[drawn].sum(0)):

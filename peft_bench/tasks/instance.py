@@ -8,7 +8,7 @@ from peft_bench.config import Config, MaskRCNNHeadConfig
 from peft_bench.data.base import TaskData
 from peft_bench.data.coco import build_coco_data
 from peft_bench.data.embedded import build_scene_instance_data, scene_size
-from peft_bench.metrics.coco import InstanceEvaluator
+from peft_bench.metrics.coco import InstanceEvaluator, instance_scores
 from peft_bench.models.mask_rcnn import MMDET_BUDGET, InstanceSegmentationModel, ProposalBudget
 from peft_bench.tasks.base import ModelBuilder, register_dataset, register_head, register_task
 
@@ -16,7 +16,12 @@ from peft_bench.tasks.base import ModelBuilder, register_dataset, register_head,
 # heads run on every detection, three times in the cascade).
 BUDGETS = {"shapes_inst": ProposalBudget((256, 256), (128, 100), roi_samples=64, detections=20)}
 
-register_task("instance", main_metric="ap_mask", evaluator=lambda data, device: InstanceEvaluator())
+register_task(
+    "instance",
+    main_metric="ap_mask",
+    evaluator=lambda data, device: InstanceEvaluator(),
+    score=instance_scores,
+)
 
 
 def detector(cascade: bool) -> ModelBuilder:
