@@ -28,7 +28,7 @@ from peft_bench.plugins import config_session
 from peft_bench.report.aggregate import cell_runs
 from peft_bench.report.grid import Cell, preset_cells, sweep_params
 from peft_bench.results.store import load_runs
-from peft_bench.tuning import Choice, Key, key_of, write_choices
+from peft_bench.tuning import Choice, Key, check_tune_stage, key_of, write_choices
 
 NOT_TUNED = {"dataset", "method", "backbone", "trainer.seed", "experiment"}
 
@@ -90,16 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         preset, overrides = split_preset(argv)
         cells = preset_cells(preset, overrides=overrides)
+        for cell in cells:
+            check_tune_stage(cell.cfg)
         keys = grid_keys(argv)
+        first = cells[0].cfg
+        choices, problems = choose(cells, load_runs(first.paths.results_dir), keys)
+        path = Path(first.tuning.chosen)
+        if choices:  # merged into the file's other choices, which must be readable
+            write_choices(path, choices)
     except (UserError, HydraException, OmegaConfBaseException) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    first = cells[0].cfg
-    runs = load_runs(first.paths.results_dir)
-    choices, problems = choose(cells, runs, keys)
-    path = Path(first.tuning.chosen)
     if choices:
-        write_choices(path, choices)
         print(f"chose {len(choices)} of {len(choices) + len(problems)} over {', '.join(keys)}: {path}")
     for problem in problems:
         print(f"not chosen: {problem}", file=sys.stderr)

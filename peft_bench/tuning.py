@@ -1,7 +1,7 @@
 """Tuned protocols (`protocol=vtab`): hyperparameters chosen on a val split, then the final runs.
 
 Stage `tune` (`protocol=vtab_tune`, a `*_tune` preset): each point of a declared grid trains on the
-training split (VTAB-1k: train800) and is scored on val (val200); the test split is not built.
+training split (VTAB-1k: train800) and is scored on val (val200); the test split is never evaluated.
 `python -m peft_bench.tune experiment=<tune preset>` chooses, per (dataset, method, backbone), the
 point with the best final val score (the mean over its seeds) and writes the choices to
 `tuning.chosen` (YAML, and a CSV beside it): a file a user can read, publish and re-run.
@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from peft_bench.config import TuningStage
+from peft_bench.config import Selection, TuningStage
 from peft_bench.errors import UserError
 from peft_bench.results.atomic import write_text_atomic
 
@@ -85,6 +85,19 @@ def write_choices(path: Path, choices: Iterable[Choice]) -> dict[Key, Choice]:
     return merged
 
 
+def check_tune_stage(cfg: DictConfig) -> None:
+    """A grid point is scored on val: a config of another stage, or one whose val split is the
+    test split (or none), cannot choose hyperparameters."""
+    stage, selection = TuningStage(cfg.tuning.stage), Selection(cfg.data.selection_split)
+    if stage is not TuningStage.tune or selection is not Selection.val:
+        raise UserError(
+            f"Hyperparameters are chosen on the val split of a tune sweep, but {'/'.join(key_of(cfg))} "
+            f"composes tuning.stage={stage.value} with data.selection_split={selection.value}: a choice "
+            "on the test split would be test-set selection. Run the tune preset (experiment=vtab_tune, "
+            "fgvc_tune or vtab_mini_tune) without protocol= or data.selection_split= overrides."
+        )
+
+
 def apply_chosen(cfg: DictConfig) -> dict[str, Any] | None:
     """At the final stage, set the values chosen for the run's (dataset, method, backbone) in `cfg`
     and return what the record says of them; at the tune stage, what it was scored on; else None."""
@@ -92,6 +105,7 @@ def apply_chosen(cfg: DictConfig) -> dict[str, Any] | None:
     if stage is TuningStage.none:
         return None
     if stage is TuningStage.tune:
+        check_tune_stage(cfg)
         return {"stage": stage.value, "values": None}
     path = Path(cfg.tuning.chosen)
     choice = read_choices(path).get(key_of(cfg))

@@ -135,12 +135,10 @@ def test_a_missing_json_or_image_folder_is_named_with_the_expected_files(tmp_pat
     (base / "val.json").unlink()
     with pytest.raises(UserError) as error:
         build("fgvc_cub", tmp_path)
-    assert f"{base} lacks val.json (a FGVC task folder holds train.json, val.json, test.json, images)" in str(
-        error.value
-    )
+    assert f"The FGVC task folder {base} was found but lacks val.json. Expected layout:" in str(error.value)
     base = write_set(tmp_path, "fgvc_dogs")
     (base / "Images").rename(base / "images")
-    with pytest.raises(UserError, match=r"lacks Images \(a FGVC task folder holds .*relative to Images/"):
+    with pytest.raises(UserError, match=r"lacks Images\. Expected layout: .*relative to Images/"):
         build("fgvc_dogs", tmp_path)
 
 

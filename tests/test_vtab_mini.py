@@ -52,10 +52,14 @@ def test_count_is_the_number_of_visible_objects() -> None:
     assert agreement("vtab_mini_count", lambda scene: int(scene.masks.any((1, 2)).sum()) - 1) == 1.0
 
 
-def test_textures_label_the_background_pattern() -> None:
-    gen = generator("vtab_mini_textures")
-    scene = gen.scene(3)
-    assert MINI_TASKS["vtab_mini_textures"].label(scene, SIDE) == list(PATTERNS).index(scene.background)
+def test_textures_label_every_background_pattern_about_equally_often() -> None:
+    """Six classes, one per pattern the generator drew as the background, none rare."""
+    gen, label = generator("vtab_mini_textures"), MINI_TASKS["vtab_mini_textures"].label
+    scenes = [gen.scene(i) for i in range(SCENES)]
+    labels = [label(scene, SIDE) for scene in scenes]
+    assert [list(PATTERNS)[k] for k in labels] == [scene.background for scene in scenes]
+    counts = np.bincount(labels, minlength=VTAB_MINI.task("vtab_mini_textures").num_classes)
+    assert len(counts) == len(PATTERNS) == 6 and counts.min() >= SCENES / 6 / 2
 
 
 def test_position_size_and_distance_agree_with_the_drawn_masks() -> None:
@@ -117,6 +121,13 @@ def test_splits_are_vtabs_lists(selection: Selection, sizes: tuple) -> None:
     assert data.num_classes == 6
     image, label = data.train[0]
     assert image.shape == (3, SIDE, SIDE) and 0 <= label < 6
+
+
+def test_normalization_none_leaves_the_scenes_in_the_unit_range() -> None:
+    cfg = OmegaConf.structured(DataConfig(name="vtab_mini_size", normalization="none"))
+    image, _ = build_vtab_mini(cfg, SIDE, 0, task="vtab_mini_size").test[0]
+    normalised, _ = build_vtab_mini(config(Selection.none), SIDE, 0, task="vtab_mini_size").test[0]
+    assert image.min() >= 0.0 and image.max() <= 1.0 and normalised.min() < 0.0
 
 
 def test_splits_are_disjoint_scenes_and_the_same_under_every_selection() -> None:

@@ -87,13 +87,29 @@ def test_a_corrupt_choice_file_is_a_clear_error(tmp_path: Path) -> None:
         apply_chosen(cfg)
 
 
+@pytest.mark.parametrize("selection", ["test", "none"])
+def test_a_grid_point_is_scored_on_val_only(selection: str, tmp_path: Path) -> None:
+    overrides = ("protocol=vtab_tune", f"data.selection_split={selection}", f"paths.results_dir={tmp_path}")
+    cfg = composed(*CELL, *overrides)
+    with pytest.raises(UserError, match=rf"data.selection_split={selection}: .* test-set selection"):
+        apply_chosen(cfg)
+
+
+def test_the_chooser_refuses_a_sweep_that_is_not_a_tune_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert tune_main(["experiment=vtab_mini_tune", "protocol=test_max", f"paths.results_dir={tmp_path}"]) == 2
+    assert "composes tuning.stage=none with data.selection_split=test" in capsys.readouterr().err
+    assert not (tmp_path / "tuned.yaml").exists()
+
+
 @pytest.mark.slow
 def test_tune_choose_final_on_the_embedded_vtab(results_dir: Path) -> None:
     tune = run_cli("-m", "experiment=vtab_mini_tune", *CELL, *TINY, results_dir=results_dir)
     assert tune.returncode == 0, tune.stderr[-3000:]
     tuned_runs = records(results_dir)
     assert len(tuned_runs) == 2 and {r["protocol"] for r in tuned_runs} == {"vtab-tune"}
-    for record in tuned_runs:  # scored on val200; the test split was never built
+    for record in tuned_runs:  # scored on val200; the test split was never evaluated
         assert record["metrics"] == {} and record["split_sizes"] == {"train": 16, "val": 8, "test": None}
         assert record["tuning"] == {"stage": "tune", "values": None}
 

@@ -82,8 +82,9 @@ class ListedImages(Dataset):
         )
         return (
             f"The image {self.root / self.names[index]}, named on {where}, does not exist: the list "
-            f"names images relative to {self.root}. Copy or extract the images there, or point data.root "
-            "at the folder that holds them."
+            f"names images relative to its task folder {self.root}. Put the images there as the list "
+            "names them (extract the task again if some are missing); data.root stays the folder above "
+            "the task folders."
         )
 
     def check_first(self) -> None:
@@ -106,8 +107,9 @@ def task_folder(cfg: DataConfig, task: SuiteTask, suite: str, layout: Layout) ->
         raise not_found(cfg, problem, layout)
     missing = [name for name in layout.required if not (folder / name).exists()]
     if missing:
-        expected = ", ".join(layout.required)
-        raise not_found(
-            cfg, f"{folder} lacks {', '.join(missing)} (a {suite} task folder holds {expected})", layout
+        raise UserError(
+            f"The {suite} task folder {folder} was found but lacks {', '.join(missing)}. Expected "
+            f"layout: {layout.tree}. Extract the task again, or copy the missing files from where it "
+            "was prepared."
         )
     return folder

@@ -1,5 +1,5 @@
 """Model selection for every loader: which split selects the model (`data.selection_split`, set by
-`protocol=harness|paper`), the stratified hold-out of the harness's protocol, and the words that
+`protocol=`: `conf/protocol`), the stratified hold-out of the harness's protocol, and the words that
 say in the run record where each split came from."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def selection_of(cfg: DataConfig) -> Selection:
         choices = ", ".join(s.value for s in Selection)
         raise UserError(
             f"data.selection_split must be one of {choices}, got {cfg.selection_split!r}: choose the "
-            "protocol with protocol=harness (val) or protocol=paper (none)."
+            "protocol instead, with protocol=harness (val), paper or vtab (none), vtab_tune (val) or "
+            "test_max (test)."
         ) from None
 
 

@@ -96,7 +96,7 @@ MINI_TASKS: dict[str, MiniTask] = {
 
 
 class LabelledScenes(SceneView):
-    """(image float (3, H, W), label int) with the task's label; `labels` lets checks skip drawing."""
+    """(image float (3, H, W), label int) with the task's label."""
 
     def __init__(
         self,
@@ -119,7 +119,7 @@ def build_vtab_mini(cfg: DataConfig, img_size: int, seed: int, task: str) -> Tas
     val -> train800, val200; none -> train800val200; test -> train800val200, val = test."""
     spec = MINI_TASKS[task]
     generator = SceneGenerator(spec.classes, img_size=cfg.image_size or img_size, seed=seed, **spec.options)
-    transform = tensor_transforms(train=False)
+    transform = tensor_transforms(train=False, normalization=cfg.normalization)
     train, val = cfg.train_size or TRAIN, cfg.val_size or VAL
     view = partial(LabelledScenes, generator, transform=transform, label=spec.label)
     test = view(cfg.test_size or TEST, train + val)

@@ -63,6 +63,7 @@ def _suite_config(suite: str, task: str) -> dict:
 # so the command line (a tune sweep's `method.rank=1,8,16`) still wins. The embedded suite keeps 64.
 SUITE_METHOD_SETTINGS = {
     "adapter": {"dim": 8},
+    "adaptformer": {"dim": 8},
     "lora": {"rank": 8},
     "dora": {"rank": 8},
     "mona": {"dim": 8},
