@@ -84,7 +84,7 @@ def resolve_run_id(cfg: DictConfig, info: DistInfo) -> str:
     run_id = run_id_for(cfg)
     if Resume(cfg.trainer.resume) is Resume.never:
         run_id = f"{run_id}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
-    return broadcast_object(run_id, info)
+    return broadcast_object(run_id)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

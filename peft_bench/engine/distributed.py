@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -95,20 +95,9 @@ def gather_in_sample_order(items: list) -> list | None:
     return ordered
 
 
-def computed_on_main(items: list, compute: Callable[[list], T]) -> T:
-    """`compute` over every process's `items`, run once, on rank 0, and its result sent to all."""
-    gathered = gather_to_main(items)
-    result = compute(gathered) if gathered is not None else None
+def broadcast_object(obj: T) -> T:
+    """Rank 0's value of `obj` on every rank; `obj` itself when not distributed."""
     if not _distributed():
-        return result
-    box = [result]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def broadcast_object(obj: object, info: DistInfo) -> object:
-    """Rank 0's value of `obj` on every rank."""
-    if not info.distributed:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)

@@ -97,7 +97,7 @@ class FitResult:
 
 def sample_outcomes(evaluator: Evaluator) -> dict[str, np.ndarray] | None:
     """The per-sample outcomes of the evaluator's last evaluation, where it keeps them (every rank
-    calls this: it gathers)."""
+    calls this: an evaluator may gather them)."""
     outcomes = getattr(evaluator, "outcomes", None)
     return outcomes() if outcomes is not None else None
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from peft_bench.engine.distributed import computed_on_main, gather_in_sample_order
+from peft_bench.metrics.base import SampleEvaluator
 
 TOP_K = {"top1": 1, "top5": 5}
 
@@ -25,15 +25,12 @@ def accuracy_scores(outcomes: Mapping[str, np.ndarray], images: np.ndarray | Non
     return {name: 100.0 * float(np.mean(hits)) if len(hits) else 0.0 for name, hits in chosen.items()}
 
 
-class ClassificationEvaluator:
+class ClassificationEvaluator(SampleEvaluator):
     """Top-1 and top-5 accuracy (micro: the fraction of images) over the images of all ranks."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.reset()
-
-    def reset(self) -> None:
-        self.hits: list[tuple[bool, bool]] = []  # per image: (top1, top5)
+        super().__init__()
 
     def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
         scores, labels = predictions.float()[..., None], targets.to(predictions.device)[:, None]
@@ -42,17 +39,12 @@ class ClassificationEvaluator:
             multiclass_accuracy(scores, labels, classes, top_k=min(k, classes), multidim_average="samplewise")
             for k in TOP_K.values()
         ]
-        self.hits.extend(zip(*(hit.bool().tolist() for hit in hits), strict=True))
+        self.samples.extend(zip(*(hit.bool().tolist() for hit in hits), strict=True))  # per image
 
-    def compute(self) -> dict[str, float]:
-        return computed_on_main(self.hits, lambda hits: accuracy_scores(_as_outcomes(hits)))
+    def outcomes_of(self, samples: list[tuple[bool, bool]]) -> dict[str, np.ndarray]:
+        """Per image: top1 and top5 (bool)."""
+        table = np.array(samples, dtype=bool).reshape(-1, len(TOP_K))
+        return {name: table[:, column] for column, name in enumerate(TOP_K)}
 
-    def outcomes(self) -> dict[str, np.ndarray] | None:
-        """Per image of the split, in its order: top1 and top5 (bool); on rank 0 (None elsewhere)."""
-        hits = gather_in_sample_order(self.hits)
-        return None if hits is None else _as_outcomes(hits)
-
-
-def _as_outcomes(hits: list[tuple[bool, bool]]) -> dict[str, np.ndarray]:
-    table = np.array(hits, dtype=bool).reshape(-1, len(TOP_K))
-    return {name: table[:, column] for column, name in enumerate(TOP_K)}
+    def score(self, outcomes: Mapping[str, np.ndarray]) -> dict[str, float]:
+        return accuracy_scores(outcomes)

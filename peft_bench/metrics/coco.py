@@ -21,8 +21,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from peft_bench.engine.distributed import computed_on_main, gather_in_sample_order
-from peft_bench.results.outcomes import rows_of_drawn
+from peft_bench.metrics.base import SampleEvaluator
+from peft_bench.results.outcomes import ranked_by_class
 
 MASK_THRESHOLD = 0.5  # mask probabilities above it belong to the instance (mmdet's mask_thr_binary)
 MAX_DETECTIONS = 100  # per image and category, as COCO's AP
@@ -122,20 +122,12 @@ def coco_ap(outcomes: Mapping[str, np.ndarray], images: np.ndarray | None = None
     """COCO mAP@[.5:.95] (a fraction) over `images` (indices, repeats allowed: a resample; None:
     all) from `match_instances`' outcomes, ranked as pycocotools' `accumulate`; 0 with no category
     that has a positive."""
-    positives = outcomes["positives"]
-    drawn = np.arange(len(positives)) if images is None else np.asarray(images)
-    picked = rows_of_drawn(outcomes["image"], drawn, len(positives))
-    classes = outcomes["class_index"][picked]
     precisions = []
-    for column, total in enumerate(positives[drawn].sum(0)):
-        if total == 0:
-            continue
-        mine = picked[classes == column]
-        if not len(mine):  # positives, no detection: zero precision at every threshold
+    for _, total, ranked in ranked_by_class(outcomes, images):
+        if not len(ranked):  # positives, no detection: zero precision at every threshold
             precisions += [np.zeros(len(RECALL_THRESHOLDS))] * outcomes["matched"].shape[1]
             continue
-        ranking = np.argsort(-outcomes["score"][mine], kind="mergesort")
-        matched, ignored = outcomes["matched"][mine][ranking].T, outcomes["ignored"][mine][ranking].T
+        matched, ignored = outcomes["matched"][ranked].T, outcomes["ignored"][ranked].T
         tp_sum = np.cumsum(matched & ~ignored, axis=1).astype(float)
         fp_sum = np.cumsum(~matched & ~ignored, axis=1).astype(float)
         for tp, fp in zip(tp_sum, fp_sum, strict=True):
@@ -165,15 +157,9 @@ def instance_scores(outcomes: Mapping[str, np.ndarray], images: np.ndarray | Non
     return scores
 
 
-class InstanceEvaluator:
+class InstanceEvaluator(SampleEvaluator):
     """COCO mAP@[.5:.95] of boxes and masks (`ap_box`, `ap_mask`, percent) over the images of every
     DDP rank, evaluated once on rank 0 and sent to every rank. Masks are kept as RLEs on the CPU."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.images: list[tuple[Instances, Instances]] = []
 
     def update(
         self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]
@@ -192,12 +178,10 @@ class InstanceEvaluator:
                 encode_masks(t["masks"].bool().cpu()),
                 crowd=crowd,
             )
-            self.images.append((detections, truth))
+            self.samples.append((detections, truth))
 
-    def compute(self) -> dict[str, float]:
-        return computed_on_main(self.images, lambda images: instance_scores(instance_outcomes(images)))
+    def outcomes_of(self, samples: list[tuple[Instances, Instances]]) -> dict[str, np.ndarray]:
+        return instance_outcomes(samples)
 
-    def outcomes(self) -> dict[str, np.ndarray] | None:
-        """`instance_outcomes` of the split's images in its order, on rank 0 (None elsewhere)."""
-        images = gather_in_sample_order(self.images)
-        return None if images is None else instance_outcomes(images)
+    def score(self, outcomes: Mapping[str, np.ndarray]) -> dict[str, float]:
+        return instance_scores(outcomes)

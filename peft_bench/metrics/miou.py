@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from peft_bench.data.targets import IGNORE_INDEX
-from peft_bench.engine.distributed import computed_on_main, gather_in_sample_order
 from peft_bench.layers.maps import resize
+from peft_bench.metrics.base import SampleEvaluator
 
 COUNTS = ("intersection", "label_area", "predicted_area")  # the outcomes, each (images, classes)
 
@@ -56,31 +56,24 @@ def miou_scores(outcomes: Mapping[str, np.ndarray], images: np.ndarray | None = 
     return segmentation_scores(*totals)
 
 
-class SegmentationEvaluator:
+class SegmentationEvaluator(SampleEvaluator):
     """mIoU, mAcc and aAcc over a split, each prediction's logits resized (bilinear) to its label
     map's original size before the argmax, as mmseg does."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.reset()
-
-    def reset(self) -> None:
-        self.counts: list[np.ndarray] = []  # per image: image_counts
+        super().__init__()
 
     def update(self, predictions: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> None:
         for logits, target in zip(predictions, targets, strict=True):
             if logits.shape[-2:] != target.shape[-2:]:
                 logits = resize(logits[None].float(), target.shape[-2:])[0]
-            self.counts.append(image_counts(logits.argmax(0), target.to(logits.device), self.num_classes))
+            self.samples.append(image_counts(logits.argmax(0), target.to(logits.device), self.num_classes))
 
-    def compute(self) -> dict[str, float]:
-        return computed_on_main(self.counts, lambda counts: miou_scores(self._outcomes(counts)))
-
-    def outcomes(self) -> dict[str, np.ndarray] | None:
-        """Per image of the split, in its order: the three counts per class; on rank 0 (None elsewhere)."""
-        counts = gather_in_sample_order(self.counts)
-        return None if counts is None else self._outcomes(counts)
-
-    def _outcomes(self, counts: list[np.ndarray]) -> dict[str, np.ndarray]:
-        table = np.stack(counts) if counts else np.zeros((0, len(COUNTS), self.num_classes), dtype=np.int64)
+    def outcomes_of(self, samples: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Per image: the three counts per class."""
+        table = np.stack(samples) if samples else np.zeros((0, len(COUNTS), self.num_classes), dtype=np.int64)
         return {name: table[:, row] for row, name in enumerate(COUNTS)}
+
+    def score(self, outcomes: Mapping[str, np.ndarray]) -> dict[str, float]:
+        return miou_scores(outcomes)

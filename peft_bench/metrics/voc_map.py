@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from peft_bench.engine.distributed import computed_on_main, gather_in_sample_order
-from peft_bench.results.outcomes import rows_of_drawn
+from peft_bench.metrics.base import SampleEvaluator
+from peft_bench.results.outcomes import ranked_by_class
 
 MODES = ("11points", "area")
 DETECTION_FIELDS = ("image", "class_index", "score", "tp", "fp")  # per matched detection: `match_images`
@@ -115,18 +115,9 @@ def mean_average_precision(
     from `match_images`' outcomes, as fractions; a class without positives among them is left out."""
     if mode not in MODES:
         raise ValueError(f"unknown AP mode {mode!r}: use one of {MODES}")
-    positives = outcomes["positives"]
-    drawn = np.arange(len(positives)) if images is None else np.asarray(images)
-    picked = rows_of_drawn(outcomes["image"], drawn, len(positives))
-    classes, scores = outcomes["class_index"][picked], outcomes["score"][picked]
     per_class = {}
-    for column, total in enumerate(positives[drawn].sum(0)):
-        if total == 0:
-            continue
-        mine = picked[classes == column]
-        ranking = np.argsort(-scores[classes == column], kind="stable")
-        tp = np.cumsum(outcomes["tp"][mine][ranking])
-        fp = np.cumsum(outcomes["fp"][mine][ranking])
+    for column, total, ranked in ranked_by_class(outcomes, images):
+        tp, fp = np.cumsum(outcomes["tp"][ranked]), np.cumsum(outcomes["fp"][ranked])
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
         per_class[column] = average_precision(tp / total, precision, mode)
     return (float(np.mean(list(per_class.values()))) if per_class else 0.0), per_class
@@ -151,17 +142,14 @@ def voc_map(
     return mean, {labels[column]: ap for column, ap in per_class.items()}
 
 
-class VOCEvaluator:
+class VOCEvaluator(SampleEvaluator):
     """`ap50`: VOC mAP at IoU 0.5 in percent (11-point by default), over the images of all ranks.
     Targets without `difficult` flags (the embedded scenes) have no difficult object."""
 
     def __init__(self, num_classes: int, mode: str = "11points") -> None:
         self.labels = list(range(1, num_classes + 1))
         self.mode = mode
-        self.reset()
-
-    def reset(self) -> None:
-        self.images: list[tuple[Detections, GroundTruth]] = []
+        super().__init__()
 
     def update(
         self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]
@@ -170,19 +158,13 @@ class VOCEvaluator:
             boxes, scores, labels = (_np(prediction[k]) for k in ("boxes", "scores", "labels"))
             difficult = target.get("difficult", torch.zeros_like(target["labels"], dtype=torch.bool))
             truth = GroundTruth(_np(target["boxes"]), _np(target["labels"]), _np(difficult))
-            self.images.append((Detections(boxes, scores, labels), truth))
+            self.samples.append((Detections(boxes, scores, labels), truth))
 
-    def compute(self) -> dict[str, float]:
-        """Over every process's images: computed once, on rank 0."""
-        return computed_on_main(self.images, lambda images: {"ap50": 100.0 * self._map(images)})
+    def outcomes_of(self, samples: list[tuple[Detections, GroundTruth]]) -> dict[str, np.ndarray]:
+        return match_images(samples, self.labels, 0.5)
 
-    def outcomes(self) -> dict[str, np.ndarray] | None:
-        """`match_images`' outcomes of the split's images in its order, on rank 0 (None elsewhere)."""
-        images = gather_in_sample_order(self.images)
-        return None if images is None else match_images(images, self.labels, 0.5)
-
-    def _map(self, images: list[tuple[Detections, GroundTruth]]) -> float:
-        return mean_average_precision(match_images(images, self.labels, 0.5), None, self.mode)[0]
+    def score(self, outcomes: Mapping[str, np.ndarray]) -> dict[str, float]:
+        return {"ap50": 100.0 * mean_average_precision(outcomes, None, self.mode)[0]}
 
 
 def _np(tensor: torch.Tensor) -> np.ndarray:

@@ -11,6 +11,7 @@ existed have none, and their intervals are unavailable.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,26 @@ def read_outcomes(run_dir: Path) -> Outcomes | None:
         return {name: stored[name] for name in stored.files}
 
 
-def rows_of_drawn(sample: np.ndarray, drawn: np.ndarray, num_samples: int) -> np.ndarray:
-    """Indices of the rows (e.g. detections) of the `drawn` samples (repeats allowed), sample by
-    sample in the order drawn; `sample` is each row's sample, rows grouped by sample in order."""
+def ranked_by_class(
+    outcomes: Mapping[str, np.ndarray], images: np.ndarray | None
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Detection outcomes (per detection `image`, `class_index`, `score`, grouped by image in order;
+    `positives` per image and class) over `images` (indices, repeats allowed: a resample; None: all):
+    per class with positives among them, (class index, positives, the indices of its detections of
+    those images ranked by descending score, ties in the order drawn), as VOC and COCO rank them."""
+    positives = outcomes["positives"]
+    drawn = np.arange(len(positives)) if images is None else np.asarray(images)
+    picked = _rows_of_drawn(outcomes["image"], drawn, len(positives))
+    classes = outcomes["class_index"][picked]
+    for column, total in enumerate(positives[drawn].sum(0)):
+        if total:
+            mine = picked[classes == column]
+            yield column, int(total), mine[np.argsort(-outcomes["score"][mine], kind="stable")]
+
+
+def _rows_of_drawn(sample: np.ndarray, drawn: np.ndarray, num_samples: int) -> np.ndarray:
+    """Indices of the rows of the `drawn` samples (repeats allowed), sample by sample in the order
+    drawn; `sample` is each row's sample, rows grouped by sample in order."""
     counts = np.bincount(sample, minlength=num_samples)
     starts, lengths = np.cumsum(counts) - counts, counts[drawn]
     return np.repeat(starts[drawn] - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
