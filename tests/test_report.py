@@ -160,13 +160,13 @@ def test_table4_through_the_cli(store: Path, tmp_path: Path, capsys: pytest.Capt
     assert str(tmp_path / "table4.md") in capsys.readouterr().out
 
     md = (tmp_path / "table4.md").read_text()
-    assert "| 32 | 1.35 [1.35] | 86.50 ± 0.71 (n=2) [86.80] |" in md
+    assert "| 32 | 1.35 [1.35] | 86.50 ± 0.71 (n=2, CI n/a) [86.80] |" in md  # records without outcomes
     assert "| 64 | 2.63 [2.56] | failed: RuntimeError: boom [87.30] |" in md  # the newest attempt
     assert "| 128 | 5.22 [5.22] | missing [87.10] |" in md
     assert "99.9" not in md
 
     tex = (tmp_path / "table4.tex").read_text()
-    assert r"32 & 1.35 [1.35] & 86.50 $\pm$ 0.71 (n=2) [86.80] \\" in tex
+    assert r"32 & 1.35 [1.35] & 86.50 $\pm$ 0.71 (n=2, CI n/a) [86.80] \\" in tex
     assert r"Dim & Params \% & AP50 \\" in tex
 
     csv = pd.read_csv(tmp_path / "table4.csv").set_index(["row", "column"])

@@ -81,10 +81,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 
 @pytest.fixture(scope="module")
 def report(store: Store, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """`python -m peft_bench.report table=vtab profile=mini` on the store: its out_dir and its stdout
-    (read here, once for the module: capsys is per test)."""
+    """`python -m peft_bench.report table=vtab profile=mini stats=false` (the layout; statistics:
+    tests/test_statistics.py) on the store: its out_dir and its stdout (read here, once for the
+    module: capsys is per test)."""
     out = tmp_path_factory.mktemp("report")
-    argv = ["table=vtab", "profile=mini", f"results_dir={store.results}", f"out_dir={out}"]
+    argv = ["table=vtab", "profile=mini", f"results_dir={store.results}", f"out_dir={out}", "stats=false"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert main([*argv, *(f"override={o}" for o in OVERRIDES)]) == 0

@@ -18,6 +18,13 @@ Keys (each optional):
   override=<key>=<value>       added to every cell's config as on the sweep's command line, so that
                                cells match runs made with it (repeatable; e.g. override=trainer.max_steps=2)
   smooth=ema|rolling|none      Figure 5's smoothing, over window=<N> logged steps (default ema, 20)
+  stats=true|false             intervals and significance marks in the tables that compare methods
+                               (default true; false: the paper-style layout); see docs/statistics.md
+  resamples=1000 level=0.95 stats_seed=0
+                               the bootstrap's resamples, its intervals' confidence level (marks at
+                               p < 1 - level) and the seed of its draws
+  baseline=full                the method every cell is tested against (a registered method)
+  correction=holm|none         the multiple-comparison correction, within each column
 
 Exit status 0; 2 for a bad argument or a target that cannot be built (e.g. a missing preset), the
 other targets being built all the same.
@@ -25,6 +32,7 @@ other targets being built all the same.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,13 +41,33 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from peft_bench.errors import UserError
+from peft_bench.methods import METHODS
+from peft_bench.plugins import load_plugins
 from peft_bench.report.build import TARGETS, Options, write_target
 from peft_bench.report.figure import SMOOTHERS
 from peft_bench.report.profiles import profile
+from peft_bench.report.significance import Significance, StatsOptions
 from peft_bench.report.suite_table import SUITE_TABLES
 from peft_bench.results.store import load_runs
+from peft_bench.stats.bootstrap import Resampling
+from peft_bench.stats.comparison import CORRECTIONS
 
-KEYS = ("table", "results_dir", "out_dir", "profile", "override", "smooth", "window", "cost")
+KEYS = (
+    "table",
+    "results_dir",
+    "out_dir",
+    "profile",
+    "override",
+    "smooth",
+    "window",
+    "cost",
+    "stats",
+    "resamples",
+    "level",
+    "stats_seed",
+    "baseline",
+    "correction",
+)
 
 
 def parse(argv: Sequence[str]) -> tuple[list[str], Options]:
@@ -62,9 +90,7 @@ def parse(argv: Sequence[str]) -> tuple[list[str], Options]:
         raise UserError(f"Unknown smooth {smooth!r}: use one of {', '.join(SMOOTHERS)}.")
     if not window.isdigit() or int(window) < 1:
         raise UserError(f"window must be a positive whole number of steps, not {window!r}.")
-    cost = values.get("cost", "false")
-    if cost not in ("true", "false"):
-        raise UserError(f"cost must be true or false, not {cost!r}.")
+    cost = switch(values, "cost", "false")
     profile(values.get("profile", "paper"))
     results_dir = Path(values.get("results_dir", "results"))
     options = Options(
@@ -74,9 +100,44 @@ def parse(argv: Sequence[str]) -> tuple[list[str], Options]:
         overrides=tuple(overrides),
         smooth=smooth,
         window=int(window),
-        cost_columns=cost == "true",
+        cost_columns=cost,
+        stats=stats_options(values) if switch(values, "stats", "true") else None,
     )
     return list(TARGETS) if table == "all" else [table], options
+
+
+def switch(values: dict[str, str], key: str, default: str) -> bool:
+    value = values.get(key, default)
+    if value not in ("true", "false"):
+        raise UserError(f"{key} must be true or false, not {value!r}.")
+    return value == "true"
+
+
+def stats_options(values: dict[str, str]) -> StatsOptions:
+    """The statistics' keys, checked: resamples, level, stats_seed, baseline, correction."""
+    resamples, seed = values.get("resamples", "1000"), values.get("stats_seed", "0")
+    if not resamples.isdigit() or int(resamples) < 1:
+        raise UserError(
+            f"resamples must be a positive whole number, not {resamples!r} (e.g. resamples=1000)."
+        )
+    if not seed.isdigit():
+        raise UserError(f"stats_seed must be a non-negative whole number, not {seed!r}.")
+    try:
+        level = float(values.get("level", "0.95"))
+    except ValueError:
+        level = math.nan
+    if not 0 < level < 1:
+        raise UserError(
+            f"level must be a confidence level between 0 and 1, not {values['level']!r} (e.g. 0.95)."
+        )
+    correction = values.get("correction", "holm")
+    if correction not in CORRECTIONS:
+        raise UserError(f"Unknown correction {correction!r}: use one of {', '.join(CORRECTIONS)}.")
+    load_plugins()
+    baseline = values.get("baseline", "full")
+    if baseline not in METHODS:
+        raise UserError(f"Unknown baseline method {baseline!r}: use one of {', '.join(METHODS)}.")
+    return StatsOptions(Resampling(int(resamples), level, int(seed)), baseline, correction)
 
 
 def available(targets: list[str], options: Options) -> list[str]:
@@ -99,10 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     named = len(targets) == 1  # a suite table asked for by name is printed as well
     targets = targets if named else available(targets, options)
     runs = load_runs(options.results_dir)
+    significance = None if options.stats is None else Significance(options.stats)
     status = 0
     for target in targets:
         try:
-            paths, warnings = write_target(target, runs, options)
+            paths, warnings = write_target(target, runs, options, significance)
         except (UserError, HydraException, OmegaConfBaseException) as error:
             print(f"error: {target}: {error}", file=sys.stderr)
             status = 2

@@ -1,5 +1,6 @@
 """Figure 5: the training loss against the iteration, one line per cell (method) of the fig5
-preset, from the completed runs' history.csv: averaged over seeds step by step, then smoothed.
+preset, from the completed runs' history.csv: each run smoothed, then the mean over seeds step by
+step, with a band of ± one sample std over seeds.
 
 Cells without a completed run are named in the figure's caption, not fatal: the figure shows what
 there is. The figure is drawn on its own Agg canvas, without pyplot, so that no global backend
@@ -41,10 +42,13 @@ def smooth(loss: pd.Series, how: str, window: int) -> pd.Series:
     return loss
 
 
-def mean_loss(record_dirs: Iterable[str]) -> pd.Series:
-    """The loss per step, averaged over the runs that logged that step."""
-    curves = [load_history(directory).set_index("step")["loss"] for directory in record_dirs]
-    return pd.concat(curves, axis=1).mean(axis=1).dropna().sort_index()
+def loss_band(record_dirs: Iterable[str], how: str, window: int) -> tuple[pd.Series, pd.Series]:
+    """Each run's loss per step, smoothed; their mean and sample std (NaN with one run) over the
+    runs that logged that step."""
+    curves = [smooth(load_history(d).set_index("step")["loss"], how, window) for d in record_dirs]
+    together = pd.concat(curves, axis=1).sort_index()
+    mean = together.mean(axis=1).dropna()
+    return mean, together.std(axis=1).reindex(mean.index)
 
 
 def write_figure5(
@@ -61,14 +65,20 @@ def write_figure5(
         if summary.status != OK:
             missing.append(f"{name} ({summary.status})")
             continue
-        loss = smooth(mean_loss(summary.completed["record_dir"]), how, window)
-        axes.plot(loss.index, loss.to_numpy(), label=f"{name} (n={len(summary.completed)})")
+        loss, spread = loss_band(summary.completed["record_dir"], how, window)
+        (line,) = axes.plot(loss.index, loss.to_numpy(), label=f"{name} (n={len(summary.completed)})")
+        if spread.notna().any():
+            low, high = (loss - spread).to_numpy(), (loss + spread).to_numpy()
+            axes.fill_between(loss.index, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if axes.lines:
         axes.legend()
     axes.set_xlabel("iteration")
     axes.set_ylabel("training loss")
     smoothing = "not smoothed" if how == "none" else f"smoothed: {how}, window {window}"
-    caption = f"Figure 5 (preset {preset}): training loss, mean over seeds, {smoothing}."
+    caption = (
+        f"Figure 5 (preset {preset}): training loss, each run {smoothing}; the line: the mean over seeds, "
+        "the band: ± one sample std over seeds (cells of one seed have none)."
+    )
     if missing:
         caption += f" No completed run: {'; '.join(missing)}."
     figure.text(0.02, 0.02, textwrap.fill(caption, 110), fontsize=7, va="bottom")

@@ -10,12 +10,27 @@ from pathlib import Path
 import pandas as pd
 
 from peft_bench.report.aggregate import OK
+from peft_bench.report.labels import label
 from peft_bench.report.tables import Table
 from peft_bench.results.atomic import write_text_atomic
 
 LEGEND = (
     "Each cell: ours, the mean ± sample std over n completed seeds (parameters: counted from the "
     "config), then [{published}]; missing / running / failed: no completed run of the cell's protocol."
+)
+RANKS_LEGEND = (
+    "Average rank: the method's rank on each dataset (1 the best), averaged; Mean score: the mean of its "
+    "headline metrics. The critical-difference diagram (cd_*.png) joins the methods that the Nemenyi test "
+    "cannot tell apart."
+)
+STATS_LEGEND = (
+    "CI: the {level}% percentile bootstrap interval over the cell's seeds and its test images ({resamples} "
+    "resamples, seed {seed}; a mean's: the mean of its cells' resamples, a stratified bootstrap); a Δ's CI "
+    "is the paired interval of the difference, on the same test images and seeds. *: beyond noise, "
+    "p < {alpha} in a paired bootstrap test against {baseline}'s cell of the same test set (a Δ: against "
+    "the cell it is taken from) {correction}; no mark: not shown to differ. CI n/a: a run of the cell stored "
+    "no per-sample outcomes (recorded before they were kept), so no interval is given. docs/statistics.md "
+    "says why these choices."
 )
 STATUS_WIDTH = 60  # a failure's message is cut here in the readable formats; the CSV keeps it whole
 LATEX_SPECIAL = {
@@ -38,14 +53,29 @@ def number(value: float, signed: bool = False) -> str:
     return "-" if math.isnan(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
+def interval_text(entry: pd.Series, signed: bool) -> str:
+    """`CI low to high` where the entry has an interval, `CI n/a` where statistics are on and it has
+    none; "" where they are off or the entry is not measured."""
+    if not isinstance(entry["stats"], str):
+        return ""
+    if entry["stats"] != OK:
+        return "CI n/a"
+    return f"CI {number(entry['ci_low'], signed)} to {number(entry['ci_high'], signed)}"
+
+
 def ours_text(entry: pd.Series) -> str:
+    signed = entry["kind"] == "delta"
+    mark = "*" if entry["beyond"] is True else ""
+    interval = interval_text(entry, signed)
     if entry["kind"] != "metric":
-        return number(entry["ours"], signed=entry["kind"] == "delta")
+        value = number(entry["ours"], signed)
+        return f"{value} ({interval}){mark}" if interval and not math.isnan(entry["ours"]) else value
     if entry["status"] != OK:
         status = entry["status"]
         return status if len(status) <= STATUS_WIDTH else status[: STATUS_WIDTH - 3] + "..."
     spread = "" if math.isnan(entry["std"]) else f" ± {entry['std']:.2f}"
-    return f"{entry['ours']:.2f}{spread} (n={int(entry['n'])})"
+    details = ", ".join(filter(None, [f"n={int(entry['n'])}", interval]))
+    return f"{entry['ours']:.2f}{spread} ({details}){mark}"
 
 
 def cell_text(entry: pd.Series) -> str:
@@ -77,7 +107,29 @@ def grid(table: Table) -> list[list[str]]:
 
 
 def legend(table: Table) -> str:
-    return LEGEND.format(published=table.published)
+    if table.kind == "ranks":
+        return RANKS_LEGEND
+    text = LEGEND.format(published=table.published)
+    if table.stats is None:
+        return text
+    stats, resampling = table.stats, table.stats.resampling
+    correction = (
+        "after Holm's correction over the column's comparisons"
+        if stats.correction == "holm"
+        else "without a correction for multiple comparisons"
+    )
+    return (
+        text
+        + " "
+        + STATS_LEGEND.format(
+            level=f"{100 * resampling.level:g}",
+            resamples=f"{resampling.resamples:,}",
+            seed=resampling.seed,
+            baseline=label(stats.baseline),
+            alpha=f"{stats.alpha:g}",
+            correction=correction,
+        )
+    )
 
 
 def markdown(table: Table) -> str:

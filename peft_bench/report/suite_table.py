@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from peft_bench.data.suites import Suite, suite_of
@@ -32,7 +33,9 @@ from peft_bench.report.grid import Cell
 from peft_bench.report.labels import label
 from peft_bench.report.paper import PaperValues
 from peft_bench.report.profiles import profile
+from peft_bench.report.significance import Significance
 from peft_bench.report.tables import Entries, Table, mean_of, unique
+from peft_bench.stats.improvement import probability_of_improvement
 
 SUITE_TABLES = ("vtab", "fgvc")
 PUBLISHED = Path(__file__).with_name("published_vtab.csv")
@@ -55,6 +58,11 @@ PUBLISHED_NOTE = (
     "README @c188fad; its rows Full fine-tuning, Linear probing and VPT-Deep beside Full, Fixed and VPT), "
     "ViT-B/16 ImageNet-21k, one seed, protocol test-max (the best test accuracy over training: test-set "
     "selection), so not like for like with a val-selected cell"
+)
+IMPROVEMENT_NOTE = (
+    "P(> {baseline}) (%): the probability that the row beats {baseline}'s row on a task, averaged over the "
+    "tasks (rliable's probability of improvement: per task, the fraction of pairs of runs in which the "
+    "row's is higher, ties counting half), with its interval from the same draws"
 )
 UNTUNED_NOTE = (
     "(untuned): the row's cells (or those named) ran without values chosen on val: the recipe's defaults"
@@ -134,7 +142,7 @@ def suite_row(
         entries.measured(row, task.label, mine[task.name], "top1", dataset=task.name, **keys)
     per_task = {task.name: entry for task, entry in zip(tasks, entries.rows[-len(tasks) :], strict=True)}
     mixed = len({pipeline(cell) for cell in mine.values()}) > 1
-    means = RowMeans(entries, row, mixed)
+    means = RowMeans(entries, row, mixed, method, backbone)
     groups = [
         means.add(group, [per_task[t.name] for t in tasks if t.group == group], group_size(suite, group))
         for group in suite.groups
@@ -151,30 +159,80 @@ def suite_row(
 
 
 class RowMeans:
-    """A row's means (kind `average`), each of entries already added; none of ours where the row's
-    cells differ in their image pipeline."""
+    """A row's means (kind `average`), each of entries already added, with the stratified interval
+    where they have theirs; none of ours where the row's cells differ in their image pipeline."""
 
-    def __init__(self, entries: Entries, row: str, mixed: bool) -> None:
+    def __init__(self, entries: Entries, row: str, mixed: bool, method: str, backbone: str) -> None:
         self.entries, self.row, self.mixed = entries, row, mixed
+        self.method, self.backbone = method, backbone
         self.why = {"status": "mixed image pipelines"} if mixed else {}
 
     def add(self, column: str, same: list[dict[str, Any]], expected: int) -> dict[str, Any]:
         ours, paper, protocol = mean_of(same, expected)
         ours = math.nan if self.mixed else ours
-        self.entries.add(self.row, column, "average", "top1", ours, paper, protocol=protocol, **self.why)
+        versus = {"_versus": (column, self.backbone), "_method": self.method}
+        stats = {} if math.isnan(ours) else self.entries.aggregated(same, expected, **versus)
+        self.entries.add(
+            self.row, column, "average", "top1", ours, paper, protocol=protocol, **stats, **self.why
+        )
         return self.entries.rows[-1]
 
 
+def improvements(entries: Entries) -> None:
+    """A column `P(> <baseline>)` per row with tested per-task entries: rliable's probability of
+    improvement over the baseline's row (same backbone) across the tasks, with its interval from the
+    shared draws; none unless every task of the row has a bootstrap on both sides."""
+    assert entries.significance is not None
+    baseline = entries.significance.options.baseline
+    tasks = [entry for entry in entries.rows if entry["kind"] == "metric" and "_boot" in entry]
+    bases = {entry["_versus"]: entry for entry in tasks if entry["_method"] == baseline}
+    column = f"P(> {label(baseline)})"
+    for row in unique(entry["row"] for entry in entries.rows if entry["kind"] == "metric"):
+        mine = [entry for entry in entries.rows if entry["row"] == row and entry["kind"] == "metric"]
+        pairs = [(entry, bases.get(entry.get("_versus"))) for entry in mine]
+        if any(entry.get("_method") == baseline for entry in mine):
+            continue  # the baseline's own row
+        if not pairs or any("_boot" not in entry or base is None for entry, base in pairs):
+            entries.add(row, column, "improvement", "top1", math.nan, math.nan, stats="no interval")
+            continue
+        point, values = (
+            probability_of_improvement(*zip(*[(of(entry), of(base)) for entry, base in pairs], strict=True))
+            for of in (_observed, _per_run)
+        )
+        stats = entries.distributed(values)
+        entries.add(row, column, "improvement", "top1", 100 * float(point), math.nan, **_percent(stats))
+
+
+def _observed(entry: dict[str, Any]) -> np.ndarray:
+    return entry["_boot"].observed[:, entry["_boot"].metrics.index(entry["metric"])]
+
+
+def _per_run(entry: dict[str, Any]) -> np.ndarray:
+    return entry["_boot"].per_run(entry["metric"])
+
+
+def _percent(stats: dict[str, Any]) -> dict[str, Any]:
+    """A probability's interval in percent, as its value is shown."""
+    return {**stats, "ci_low": 100 * stats["ci_low"], "ci_high": 100 * stats["ci_high"]}
+
+
 def build_suite_table(
-    target: str, runs: pd.DataFrame, profile_name: str = "paper", overrides: Sequence[str] = ()
+    target: str,
+    runs: pd.DataFrame,
+    profile_name: str = "paper",
+    overrides: Sequence[str] = (),
+    significance: Significance | None = None,
 ) -> Table:
     """The suite table `target` (vtab, fgvc) of the profile's preset from `runs` (as `load_runs` gives
-    them); `overrides` are added to every cell's composition, as on the sweep's command line."""
+    them); `overrides` are added to every cell's composition, as on the sweep's command line; with
+    `significance`, intervals, tests and the probability of improvement."""
     chosen = profile(profile_name)
     cells = chosen.cells(target, overrides)
     suite = suite_of_cells(cells, chosen.preset(target))
-    entries = Entries(target, runs, PaperValues({}, PUBLISHED))
+    entries = Entries(target, runs, PaperValues({}, PUBLISHED), significance=significance)
     row_name = suite_rows(entries, cells, suite)
+    if significance is not None:
+        improvements(entries)
     frame = entries.frame()
     groups = ", ".join(suite.groups)
     groups = GROUPS_NOTE.format(groups=groups, tasks=len(suite.tasks)) if suite.groups else ""
@@ -184,5 +242,16 @@ def build_suite_table(
         notes += [PUBLISHED_NOTE]
     if frame["row"].str.contains("(untuned", regex=False).any():
         notes += [UNTUNED_NOTE]
+    if significance is not None:
+        notes += [IMPROVEMENT_NOTE.format(baseline=label(significance.options.baseline))]
     description, published = ". ".join(notes), "a published value, where the caption names its source"
-    return Table(target, chosen.preset(target), row_name, frame, description=description, published=published)
+    stats = None if significance is None else significance.options
+    return Table(
+        target,
+        chosen.preset(target),
+        row_name,
+        frame,
+        description=description,
+        published=published,
+        stats=stats,
+    )

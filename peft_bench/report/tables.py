@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from peft_bench.params import count
@@ -23,7 +24,9 @@ from peft_bench.report.grid import Cell
 from peft_bench.report.labels import label
 from peft_bench.report.paper import PaperValues
 from peft_bench.report.profiles import profile
+from peft_bench.report.significance import Significance, StatsOptions
 from peft_bench.results.protocol import PROTOCOL_MEANING, protocol_name
+from peft_bench.stats.bootstrap import CellBootstrap
 
 TASK_METRICS = {
     "instance": ("ap_box", "ap_mask"),
@@ -43,6 +46,13 @@ ENTRY_COLUMNS = [
     "protocol",
     "device",
     "paper",
+    "stats",  # ok: the entry has an interval (and, where there is a baseline, a test); else why not
+    "ci_low",
+    "ci_high",
+    "versus",  # the method the entry is tested against
+    "p",
+    "p_adjusted",  # within the entry's column (StatsOptions.correction)
+    "beyond",  # p_adjusted below 1 - level: beyond noise
 ]
 # Cost columns: the record's cost field each shows, in the unit shown; ratios to Full's cell.
 COST_COLUMNS = {
@@ -88,14 +98,15 @@ class Table:
     preset: str
     row_name: str  # what the rows are: Method, Dim, Backbone
     entries: pd.DataFrame  # ENTRY_COLUMNS
-    cost: bool = False  # the cost table of the target's cells, not the target itself
+    kind: str = "table"  # table; cost: the cost table of the target's cells; ranks: a ranks table
     description: str = ""  # what the table shows; "" for Tables 1-5 and ext, whose text is CAPTIONS'
     published: str = "the paper's value"  # what the bracketed values are, for the legend
+    stats: StatsOptions | None = None  # what its intervals and marks are; None: the paper's layout
 
     @property
     def name(self) -> str:
-        """The stem of its files: table1 ... table5, table_ext, table_vtab, cost1 ... cost_ext."""
-        return f"{'cost' if self.cost else 'table'}{'' if self.target.isdigit() else '_'}{self.target}"
+        """The stem of its files: table1 ... table5, table_ext, table_vtab, cost1 ... cost_ext, ranks_*."""
+        return f"{self.kind}{'' if self.target.isdigit() else '_'}{self.target}"
 
     @property
     def protocols(self) -> list[str]:
@@ -108,23 +119,35 @@ class Table:
             protocol = f"Protocol {self.protocols[0]}: {PROTOCOL_MEANING[self.protocols[0]]}."
         else:
             protocol = "The cells' protocols differ: each cell names its own."
-        if self.cost:
+        if self.kind == "cost":
             return f"Cost of table {self.target}'s cells (preset {self.preset}). {COST_CAPTION}. {protocol}"
         description = self.description or CAPTIONS[self.target]
+        if self.kind == "ranks":
+            return f"Ranks over the datasets of {self.preset}. {description}. {protocol}"
         return f"Table {self.target} (preset {self.preset}). {description}. {protocol}"
 
 
 class Entries:
     """Collects a table's entries; every value is placed beside the paper's for the same keys.
     Kinds: metric (measured by runs), count (counted from the config), delta, average, cost (from
-    the runs' records), ratio (a cost over Full's) and ppt (the suite tables' trade-off). With
-    `cost_columns`, Tables 1-5 add theirs."""
+    the runs' records), ratio (a cost over Full's), ppt (the suite tables' trade-off) and improvement
+    (their probability of improvement). With `cost_columns`, Tables 1-5 add theirs. With
+    `significance`, measured entries, deltas and averages carry an interval, and each is tested
+    against the baseline's entry of the same test set (`compare_to_baseline`); private fields
+    (`_values`: the bootstrap distribution, `_boot`, `_versus`: what the baseline entry shares,
+    `_method`) stay out of the frame."""
 
     def __init__(
-        self, target: str, runs: pd.DataFrame, paper: PaperValues, cost_columns: bool = False
+        self,
+        target: str,
+        runs: pd.DataFrame,
+        paper: PaperValues,
+        cost_columns: bool = False,
+        significance: Significance | None = None,
     ) -> None:
         self.target, self.runs, self.paper = target, runs, paper
         self.cost_columns = cost_columns
+        self.significance = significance
         self.rows: list[dict[str, Any]] = []
 
     def dataset_label(self, dataset: str) -> str:
@@ -148,6 +171,8 @@ class Entries:
         entry = {"row": row, "column": column, "kind": kind, "metric": metric, "ours": ours, "paper": paper}
         status = "n/a" if math.isnan(ours) else OK
         defaults = {"std": math.nan, "n": math.nan, "status": status, "protocol": None, "device": None}
+        defaults |= {"stats": None, "ci_low": math.nan, "ci_high": math.nan, "versus": None}
+        defaults |= {"p": math.nan, "p_adjusted": math.nan, "beyond": None}
         self.rows.append({**defaults, **entry, **stats})
 
     def measured(self, row: str, column: str, cell: Cell, metric: str, **keys: object) -> None:
@@ -156,7 +181,79 @@ class Entries:
         status = runs.status if runs.status != OK or stat.n else f"no {metric} in its runs"
         paper = self.paper_value(metric, **keys)
         stats = {"std": stat.std, "n": stat.n, "status": status, "protocol": protocol_of_cell(cell)}
+        if self.significance is not None and stat.n:
+            stats |= self.interval(cell, metric)
         self.add(row, column, "metric", metric, stat.mean, paper, **stats)
+
+    def bootstrap(self, cell: Cell) -> CellBootstrap | str:
+        assert self.significance is not None
+        return self.significance.cell(cell_runs(self.runs, cell.protocol).completed, cell)
+
+    def interval(self, cell: Cell, metric: str) -> dict[str, Any]:
+        """A measured entry's interval over seeds and test images and what its test needs, or why
+        it has none."""
+        boot = self.bootstrap(cell)
+        if isinstance(boot, str):
+            return {"stats": boot}
+        cfg = cell.cfg
+        versus = (cfg.data.name, cfg.backbone.name, metric)
+        return self.distributed(
+            boot.distribution(metric), _boot=boot, _versus=versus, _method=cfg.method.name
+        )
+
+    def distributed(self, values: np.ndarray, **private: Any) -> dict[str, Any]:
+        """An entry's interval from its bootstrap distribution `values`, kept with it."""
+        assert self.significance is not None
+        low, high = self.significance.options.resampling.interval(values)
+        return {"stats": OK, "ci_low": low, "ci_high": high, "_values": values, **private}
+
+    def difference(self, cell: Cell, base: Cell, metric: str, ours: float) -> dict[str, Any]:
+        """The paired test of `cell` against `base` (same test set), for a Δ entry; {} without
+        statistics."""
+        if self.significance is None or math.isnan(ours):
+            return {}
+        boots = self.bootstrap(cell), self.bootstrap(base)
+        reason = next((boot for boot in boots if isinstance(boot, str)), None)
+        if reason is not None:
+            return {"stats": reason}
+        mine, theirs = (boot.distribution(metric) for boot in boots)
+        test = self.significance.compare(ours, mine - theirs)
+        return {**self.distributed(mine - theirs), "p": test.p, "versus": label(base.cfg.method.name)}
+
+    def aggregated(self, same: Sequence[dict[str, Any]], expected: int, **private: Any) -> dict[str, Any]:
+        """A mean's interval: the mean of its entries' distributions, each over its own test set's
+        draws, which is the stratified bootstrap of the mean; none unless every entry has one."""
+        if self.significance is None:
+            return {}
+        if len(same) != expected or any("_values" not in entry for entry in same):
+            return {"stats": "no interval: an entry it averages has none"}
+        return self.distributed(np.mean([entry["_values"] for entry in same], axis=0), **private)
+
+    def compare_to_baseline(self) -> None:
+        """Each entry with a distribution (not a Δ, tested already) against the baseline's entry that
+        shares its `_versus` (its test set and metric), then the p-values adjusted within each column."""
+        assert self.significance is not None
+        baseline = self.significance.options.baseline
+        groups: dict[Any, list[dict[str, Any]]] = {}
+        for entry in self.rows:
+            if "_versus" in entry:
+                groups.setdefault(entry["_versus"], []).append(entry)
+        for same in groups.values():
+            bases = [entry for entry in same if entry["_method"] == baseline]
+            if len(bases) != 1:
+                continue  # no baseline entry, or no single one
+            for entry in same:
+                if entry is not bases[0]:
+                    test = self.significance.compare(
+                        entry["ours"] - bases[0]["ours"], entry["_values"] - bases[0]["_values"]
+                    )
+                    entry.update(p=test.p, versus=label(baseline))
+        tested = [entry for entry in self.rows if not math.isnan(entry.get("p", math.nan))]
+        for column in unique(entry["column"] for entry in tested):
+            family = [entry for entry in tested if entry["column"] == column]
+            adjusted = self.significance.adjust(np.array([entry["p"] for entry in family]))
+            for entry, p in zip(family, adjusted, strict=True):
+                entry.update(p_adjusted=float(p), beyond=bool(p < self.significance.options.alpha))
 
     def counted(self, row: str, column: str, cell: Cell, metric: str | None = None, **keys: object) -> None:
         """Trainable backbone parameters, counted: millions (`params_m`, the column "Params (M)"'s
@@ -197,6 +294,8 @@ class Entries:
     def frame(self) -> pd.DataFrame:
         """The entries; where costs come from more than one device, each cost column names its device,
         so that no column holds costs measured on two."""
+        if self.significance is not None:
+            self.compare_to_baseline()
         frame = pd.DataFrame(self.rows, columns=ENTRY_COLUMNS).astype({"n": "Int64"})
         measured = frame["device"].notna()
         if frame.loc[measured, "device"].nunique() > 1:
@@ -217,13 +316,15 @@ def delta_to_full(entries: Entries, row: str, column: str, cell: Cell, full: Cel
     and none of ours where the two cells' protocols differ."""
     method, dataset, protocol = cell.cfg.method.name, cell.cfg.data.name, protocol_of_cell(cell)
     ours = paper = math.nan
+    stats: dict[str, Any] = {}
     if method != "full":
         if protocol == protocol_of_cell(full):
             ours = cell_runs(entries.runs, cell.protocol).stat(metric).mean
             ours -= cell_runs(entries.runs, full.protocol).stat(metric).mean
+            stats = entries.difference(cell, full, metric, ours)
         paper = entries.paper_value(metric, dataset=dataset, method=method)
         paper -= entries.paper_value(metric, dataset=dataset, method="full")
-    entries.add(row, f"Δ {column}", "delta", metric, ours, paper, protocol=protocol)
+    entries.add(row, f"Δ {column}", "delta", metric, ours, paper, protocol=protocol, **stats)
 
 
 def mean_of(same: Sequence[dict[str, Any]], expected: int) -> tuple[float, float, str | None]:
@@ -236,13 +337,16 @@ def mean_of(same: Sequence[dict[str, Any]], expected: int) -> tuple[float, float
     return ours, paper, protocols[0] if len(protocols) == 1 else None
 
 
-def averages(entries: Entries, row: str, datasets: int) -> None:
+def averages(entries: Entries, row: str, method: str, datasets: int) -> None:
     """Each metric's mean over the row's datasets, ours and the paper's: none unless every one has
     it, under one protocol."""
     measured = [entry for entry in entries.rows if entry["row"] == row and entry["kind"] == "metric"]
     for metric in unique(entry["metric"] for entry in measured):
-        ours, paper, protocol = mean_of([entry for entry in measured if entry["metric"] == metric], datasets)
-        entries.add(row, f"Average {label(metric)}", "average", metric, ours, paper, protocol=protocol)
+        same = [entry for entry in measured if entry["metric"] == metric]
+        ours, paper, protocol = mean_of(same, datasets)
+        column = f"Average {label(metric)}"
+        stats = {} if math.isnan(ours) else entries.aggregated(same, datasets, _versus=column, _method=method)
+        entries.add(row, column, "average", metric, ours, paper, protocol=protocol, **stats)
 
 
 def methods_table(
@@ -268,7 +372,7 @@ def methods_table(
                 prefix = f"{entries.dataset_label(dataset)} "
                 entries.costs(row, prefix, cell, fulls.get(dataset), TABLE_COST_COLUMNS)
         if average:
-            averages(entries, row, len(datasets))
+            averages(entries, row, method, len(datasets))
     return "Method"
 
 
@@ -329,13 +433,16 @@ def build_table(
     profile_name: str = "paper",
     overrides: Sequence[str] = (),
     cost_columns: bool = False,
+    significance: Significance | None = None,
 ) -> Table:
     """Table `target` of the profile's preset from `runs` (as `load_runs` gives them);
-    `overrides` are added to every cell's composition, as on the sweep's command line."""
+    `overrides` are added to every cell's composition, as on the sweep's command line; with
+    `significance`, intervals and tests (else the paper's layout)."""
     chosen = profile(profile_name)
-    entries = Entries(target, runs, PaperValues(chosen.paper_datasets), cost_columns)
+    entries = Entries(target, runs, PaperValues(chosen.paper_datasets), cost_columns, significance)
     row_name = LAYOUTS[target](entries, chosen.cells(target, overrides))
-    return Table(target, chosen.preset(target), row_name, entries.frame())
+    stats = None if significance is None else significance.options
+    return Table(target, chosen.preset(target), row_name, entries.frame(), stats=stats)
 
 
 def build_cost_table(
@@ -345,4 +452,4 @@ def build_cost_table(
     chosen = profile(profile_name)
     entries = Entries(target, runs, PaperValues(chosen.paper_datasets))
     row_name = cost_table(entries, chosen.cells(target, overrides))
-    return Table(target, chosen.preset(target), row_name, entries.frame(), cost=True)
+    return Table(target, chosen.preset(target), row_name, entries.frame(), kind="cost")

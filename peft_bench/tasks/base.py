@@ -41,6 +41,7 @@ class Task:
     # The metrics from a run's per-sample outcomes (`peft_bench.results.outcomes`); None: its
     # evaluator keeps none.
     score: OutcomeScorer | None = None
+    per_sample: str | None = None  # the outcome with one row per test sample: how many were scored
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,15 @@ def register_task(
     main_metric: str,
     evaluator: Callable[[TaskData, torch.device], Evaluator],
     score: OutcomeScorer | None = None,
+    per_sample: str | None = None,
 ) -> Task:
     """Make `data.task=<name>` a task, evaluated by `evaluator(data, device)`, selected on `main_metric`.
     An evaluator with an `outcomes()` method stores per-sample outcomes; `score` recomputes its
-    metrics from them on any resampling of the test images."""
-    return TASKS.add(name, Task(name, main_metric, evaluator, score))
+    metrics from them on any resampling of the test images, and `per_sample` names the outcome that
+    has one row per test sample (so that a resample knows how many there are)."""
+    if (score is None) != (per_sample is None):
+        raise ValueError(f"task {name!r}: give both score and per_sample (or neither)")
+    return TASKS.add(name, Task(name, main_metric, evaluator, score, per_sample))
 
 
 def register_dataset(name: str, *, task: str) -> Callable[[DataBuilder], DataBuilder]:

@@ -19,6 +19,7 @@ register_task(
     main_metric="top1",
     evaluator=lambda data, device: ClassificationEvaluator(data.num_classes),
     score=accuracy_scores,
+    per_sample="top1",
 )
 
 

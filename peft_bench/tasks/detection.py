@@ -16,6 +16,7 @@ register_task(
     main_metric="ap50",
     evaluator=lambda data, device: VOCEvaluator(data.num_classes),
     score=voc_scores,
+    per_sample="positives",
 )
 
 

@@ -21,6 +21,7 @@ register_task(
     main_metric="ap_mask",
     evaluator=lambda data, device: InstanceEvaluator(),
     score=instance_scores,
+    per_sample="box.positives",
 )
 
 

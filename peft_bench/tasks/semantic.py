@@ -22,6 +22,7 @@ register_task(
     main_metric="miou",
     evaluator=lambda data, device: SegmentationEvaluator(data.num_classes),
     score=miou_scores,
+    per_sample="intersection",
 )
 
 
