@@ -159,3 +159,31 @@ def test_instance_outcomes_score_a_resample_as_pycocotools_scores_its_images_sid
     expected = {"ap_box": _pycocotools_ap(drawn, "bbox"), "ap_mask": _pycocotools_ap(drawn, "segm")}
     assert instance_scores(outcomes, np.array([0, 0, 2])) == pytest.approx(expected, abs=1e-9)
     assert expected != pytest.approx(evaluator.compute())
+
+
+def test_detection_outcomes_stored_in_image_order_score_the_same() -> None:
+    """Outcomes are stored ranked (by class, then score); files stored earlier, in image order, are
+    ranked when scored, to the same AP for the whole split and any resample (VOC and COCO)."""
+    detections, ground_truths = hand_case()
+    evaluator = VOCEvaluator(num_classes=3)
+    for det, gt in zip(detections, ground_truths, strict=True):
+        evaluator.update(*as_tensors(det, gt))
+    coco = InstanceEvaluator()
+    coco.update(*_torch_case(CASE))
+    drawn = np.array([1, 0, 1])
+    for outcomes, score, prefix in (
+        (evaluator.outcomes(), voc_scores, ""),
+        (coco.outcomes(), instance_scores, "box."),
+    ):
+        # image-major as files were stored before; classes descending, so that they are out of order
+        order = np.lexsort((-outcomes[f"{prefix}class_index"], outcomes[f"{prefix}image"]))
+        rows = len(order)
+        by_image = {
+            name: values[order]
+            if name.startswith(prefix) and len(values) == rows and "positives" not in name
+            else values
+            for name, values in outcomes.items()
+        }
+        assert np.any(np.diff(by_image[f"{prefix}class_index"]) < 0)  # really out of class order
+        assert score(by_image) == score(outcomes)
+        assert score(by_image, drawn) == score(outcomes, drawn)

@@ -13,6 +13,7 @@ import pytest
 from omegaconf import DictConfig
 from scipy.stats import bootstrap as scipy_bootstrap
 from test_report import by, write_run
+from test_report_suites import write_run as write_suite_run
 
 from peft_bench.metrics.accuracy import accuracy_scores
 from peft_bench.metrics.voc_map import voc_scores
@@ -269,3 +270,30 @@ def test_bad_statistics_arguments_are_one_line_errors(
     assert main(["table=3", argument]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+# The suite table: Full and Mona on the embedded VTAB, one seed, Mona correcting 20% of Full's images.
+SUITE_OVERRIDES = ("method=full,mona", "backbone=vit_micro", "trainer.seed=0")
+
+
+def test_suite_means_have_stratified_intervals_and_the_probability_of_improvement(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    cells = profile("mini").cells("vtab", (f"paths.results_dir={results}", *SUITE_OVERRIDES))
+    for index, cell in enumerate(cells):
+        full = coin(IMAGES, 0.3, seed=index // 2)  # the pair of cells of one task share Full's outcomes
+        outcomes = hits(full | coin(IMAGES, 0.2, seed=50) if cell.cfg.method.name == "mona" else full)
+        write_suite_run(results, cell, 0, accuracy_scores(outcomes)["top1"], None)
+        run = cell.cfg.copy()
+        run.trainer.seed = 0
+        write_outcomes(run_dir(results, run_id_for(run)), outcomes)
+    out = tmp_path / "report"
+    arguments = ["table=vtab", "profile=mini", f"results_dir={results}", f"out_dir={out}", "resamples=300"]
+    assert main([*arguments, *(f"override={o}" for o in SUITE_OVERRIDES)]) == 0
+    entries = pd.read_csv(out / "table_vtab.csv").set_index(["row", "column"])
+    mona = entries.loc["Mona"]  # one backbone: rows are named by the method alone
+    assert mona.loc["P(> Full)", "ours"] == 100.0  # Mona ahead on every task
+    assert mona.loc["P(> Full)", "ci_low"] >= 50.0
+    for column in ("Natural", "Structured", "Mean (groups)", "Mean (tasks)"):
+        assert mona.loc[column, "ci_low"] < mona.loc[column, "ours"] < mona.loc[column, "ci_high"]
+    assert bool(mona.loc["Mean (tasks)", "beyond"])
+    assert "probability of improvement" in (out / "table_vtab.md").read_text()

@@ -22,7 +22,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from peft_bench.metrics.base import SampleEvaluator
-from peft_bench.results.outcomes import ranked_by_class
+from peft_bench.results.outcomes import ranked, ranked_by_class
 
 MASK_THRESHOLD = 0.5  # mask probabilities above it belong to the instance (mmdet's mask_thr_binary)
 MAX_DETECTIONS = 100  # per image and category, as COCO's AP
@@ -86,7 +86,7 @@ def _coco(images: Sequence[tuple[Instances, Instances]], iou_type: str) -> tuple
 def match_instances(images: Sequence[tuple[Instances, Instances]], iou_type: str) -> dict[str, np.ndarray]:
     """pycocotools' per-image matches of (detections, ground truth) `images`, over all areas: per
     detection `image`, `class_index`, `score`, `matched` and `ignored` (T IoU thresholds each),
-    grouped by image in order and, within one, by class and descending score; `positives`: the
+    `ranked` (by class, then descending score, ties in image order); `positives`: the
     non-crowd objects per image and class."""
     truth, detections = _coco(images, iou_type)
     evaluation = COCOeval(truth, detections, iou_type)
@@ -115,7 +115,7 @@ def match_instances(images: Sequence[tuple[Instances, Instances]], iou_type: str
         name: np.concatenate(values) if values else empty.get(name, np.zeros(0, np.int64))
         for name, values in parts.items()
     }
-    return {**outcomes, "positives": positives}
+    return ranked({**outcomes, "positives": positives})
 
 
 def coco_ap(outcomes: Mapping[str, np.ndarray], images: np.ndarray | None = None) -> float:
@@ -123,13 +123,14 @@ def coco_ap(outcomes: Mapping[str, np.ndarray], images: np.ndarray | None = None
     all) from `match_instances`' outcomes, ranked as pycocotools' `accumulate`; 0 with no category
     that has a positive."""
     precisions = []
-    for _, total, ranked in ranked_by_class(outcomes, images):
-        if not len(ranked):  # positives, no detection: zero precision at every threshold
+    outcomes = ranked(outcomes)  # as stored since they are kept ranked; older files are sorted here
+    for _, total, rows, weights in ranked_by_class(outcomes, images):
+        if not len(rows):  # positives, no detection: zero precision at every threshold
             precisions += [np.zeros(len(RECALL_THRESHOLDS))] * outcomes["matched"].shape[1]
             continue
-        matched, ignored = outcomes["matched"][ranked].T, outcomes["ignored"][ranked].T
-        tp_sum = np.cumsum(matched & ~ignored, axis=1).astype(float)
-        fp_sum = np.cumsum(~matched & ~ignored, axis=1).astype(float)
+        matched, ignored = outcomes["matched"][rows].T, outcomes["ignored"][rows].T
+        tp_sum = np.cumsum(weights * (matched & ~ignored), axis=1).astype(float)
+        fp_sum = np.cumsum(weights * (~matched & ~ignored), axis=1).astype(float)
         for tp, fp in zip(tp_sum, fp_sum, strict=True):
             precision = np.maximum.accumulate((tp / (fp + tp + np.spacing(1)))[::-1])[::-1]
             at = np.searchsorted(tp / total, RECALL_THRESHOLDS, side="left")

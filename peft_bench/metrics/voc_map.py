@@ -23,7 +23,7 @@ import torch
 from torchvision.ops import box_iou
 
 from peft_bench.metrics.base import SampleEvaluator
-from peft_bench.results.outcomes import ranked_by_class
+from peft_bench.results.outcomes import ranked, ranked_by_class
 
 MODES = ("11points", "area")
 DETECTION_FIELDS = ("image", "class_index", "score", "tp", "fp")  # per matched detection: `match_images`
@@ -105,7 +105,7 @@ def match_images(
     outcomes = {
         name: np.concatenate(values) if values else np.zeros(0, np.int64) for name, values in parts.items()
     }
-    return {**outcomes, "positives": positives}
+    return ranked({**outcomes, "positives": positives})
 
 
 def mean_average_precision(
@@ -116,8 +116,9 @@ def mean_average_precision(
     if mode not in MODES:
         raise ValueError(f"unknown AP mode {mode!r}: use one of {MODES}")
     per_class = {}
-    for column, total, ranked in ranked_by_class(outcomes, images):
-        tp, fp = np.cumsum(outcomes["tp"][ranked]), np.cumsum(outcomes["fp"][ranked])
+    outcomes = ranked(outcomes)  # as stored since they are kept ranked; older files are sorted here
+    for column, total, rows, weights in ranked_by_class(outcomes, images):
+        tp, fp = np.cumsum(weights * outcomes["tp"][rows]), np.cumsum(weights * outcomes["fp"][rows])
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
         per_class[column] = average_precision(tp / total, precision, mode)
     return (float(np.mean(list(per_class.values()))) if per_class else 0.0), per_class

@@ -90,7 +90,8 @@ def write_ranks(runs: pd.DataFrame, options: Options) -> tuple[list[Path], list[
     chosen = profile(options.profile)
     alpha = 0.05 if options.stats is None else options.stats.alpha
     paths, warnings = [], []
-    suites_run = {getattr(suite_of(str(dataset)), "name", None) for dataset in runs["dataset"].dropna()}
+    datasets = runs["dataset"].dropna() if "dataset" in runs else []
+    suites_run = {getattr(suite_of(str(dataset)), "name", None) for dataset in datasets}
     for group, targets in RANKED.items():
         if not all(target in TABLES or chosen.has_preset(target) for target in targets):
             continue

@@ -38,26 +38,45 @@ def read_outcomes(run_dir: Path) -> Outcomes | None:
         return {name: stored[name] for name in stored.files}
 
 
+def is_ranked(outcomes: Mapping[str, np.ndarray]) -> bool:
+    """Whether detection outcomes are in stored order: by class, then descending score."""
+    class_steps, score_steps = np.diff(outcomes["class_index"]), np.diff(outcomes["score"])
+    return bool(np.all(class_steps >= 0) and np.all(score_steps[class_steps == 0] <= 0))
+
+
+def ranked(outcomes: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """Detection outcomes (per detection `image`, `class_index`, `score`, ... in image order) ordered
+    as they are stored: by class, then descending score, ties in image order (a stable sort). Those
+    already in that order (all but files stored before it was the order) come back as they are."""
+    if is_ranked(outcomes):
+        return outcomes
+    order = np.lexsort((-outcomes["score"], outcomes["class_index"]))
+    rows = len(outcomes["score"])
+    return {
+        name: values[order] if len(values) == rows and name != "positives" else values
+        for name, values in outcomes.items()
+    }
+
+
 def ranked_by_class(
     outcomes: Mapping[str, np.ndarray], images: np.ndarray | None
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Detection outcomes (per detection `image`, `class_index`, `score`, grouped by image in order;
-    `positives` per image and class) over `images` (indices, repeats allowed: a resample; None: all):
-    per class with positives among them, (class index, positives, the indices of its detections of
-    those images ranked by descending score, ties in the order drawn), as VOC and COCO rank them."""
-    positives = outcomes["positives"]
-    drawn = np.arange(len(positives)) if images is None else np.asarray(images)
-    picked = _rows_of_drawn(outcomes["image"], drawn, len(positives))
-    classes = outcomes["class_index"][picked]
-    for column, total in enumerate(positives[drawn].sum(0)):
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Detection outcomes in stored order (`ranked`; `positives` per image and class) over `images`
+    (indices, repeats allowed: a resample; None: all): per class with positives among them, (class
+    index, positives, the rows of its detections of those images in ranked order, and each one's
+    weight: how many times its image was drawn). A detection drawn k times counts k times, its copies
+    side by side: with ties of score in image order, this is how VOC and COCO rank the drawn images
+    evaluated together, and it needs no sort per resample."""
+    if not is_ranked(outcomes):
+        raise ValueError("detection outcomes must be `ranked` (by class, then score) to be ranked by class")
+    positives, classes = outcomes["positives"], outcomes["class_index"]
+    counts = (
+        np.ones(len(positives), np.int64) if images is None else np.bincount(images, minlength=len(positives))
+    )
+    weights = counts[outcomes["image"]]
+    bounds = np.searchsorted(classes, np.arange(positives.shape[1] + 1))
+    for column, total in enumerate(counts @ positives):
         if total:
-            mine = picked[classes == column]
-            yield column, int(total), mine[np.argsort(-outcomes["score"][mine], kind="stable")]
-
-
-def _rows_of_drawn(sample: np.ndarray, drawn: np.ndarray, num_samples: int) -> np.ndarray:
-    """Indices of the rows of the `drawn` samples (repeats allowed), sample by sample in the order
-    drawn; `sample` is each row's sample, rows grouped by sample in order."""
-    counts = np.bincount(sample, minlength=num_samples)
-    starts, lengths = np.cumsum(counts) - counts, counts[drawn]
-    return np.repeat(starts[drawn] - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+            rows = np.arange(bounds[column], bounds[column + 1])
+            drawn = weights[rows] > 0
+            yield column, int(total), rows[drawn], weights[rows[drawn]]
