@@ -45,6 +45,7 @@ from peft_bench.methods import METHODS
 from peft_bench.plugins import load_plugins
 from peft_bench.report.build import TARGETS, Options, write_target
 from peft_bench.report.figure import SMOOTHERS
+from peft_bench.report.grid import composed_once
 from peft_bench.report.profiles import profile
 from peft_bench.report.significance import Significance, StatsOptions
 from peft_bench.report.suite_table import SUITE_TABLES
@@ -162,18 +163,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = load_runs(options.results_dir)
     significance = None if options.stats is None else Significance(options.stats)
     status = 0
-    for target in targets:
-        try:
-            paths, warnings = write_target(target, runs, options, significance)
-        except (UserError, HydraException, OmegaConfBaseException) as error:
-            print(f"error: {target}: {error}", file=sys.stderr)
-            status = 2
-            continue
-        if named and target in SUITE_TABLES:
-            print(next(path for path in paths if path.suffix == ".md").read_text())
-        print(f"{target}: {', '.join(str(path) for path in paths)}")
-        for warning in warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+    with composed_once():
+        for target in targets:
+            try:
+                paths, warnings = write_target(target, runs, options, significance)
+            except (UserError, HydraException, OmegaConfBaseException) as error:
+                print(f"error: {target}: {error}", file=sys.stderr)
+                status = 2
+                continue
+            if named and target in SUITE_TABLES:
+                print(next(path for path in paths if path.suffix == ".md").read_text())
+            print(f"{target}: {', '.join(str(path) for path in paths)}")
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
     return status
 
 

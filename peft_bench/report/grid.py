@@ -8,7 +8,9 @@ and their protocol hashes are those the runs record.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from hydra import compose
@@ -54,9 +56,27 @@ def sweep_params(arguments: Sequence[str]) -> Mapping[str, object]:
     return compose(config_name="config", overrides=fixed, return_hydra_config=True).hydra.sweeper.params or {}
 
 
+_composed: ContextVar[dict[tuple, list[Cell]] | None] = ContextVar("composed", default=None)
+
+
+@contextmanager
+def composed_once() -> Iterator[None]:
+    """Within it, each preset's cells are composed once (per parts and overrides), however many
+    targets read them: one report's tables, cost tables, figures and ranks share them. Composing is
+    most of a report's time; the store, whose choices enter some cells, does not change meanwhile."""
+    token = _composed.set({})
+    try:
+        yield
+    finally:
+        _composed.reset(token)
+
+
 def preset_cells(preset: str, parts: Sequence[Part] = (Part(),), overrides: Sequence[str] = ()) -> list[Cell]:
     """The cells of `experiment=<preset>`, one sweep per part, with `overrides` added to every job
     (as on the sweep's command line). Cells of the same protocol from two parts are one cell."""
+    memo, key = _composed.get(), (preset, tuple(parts), tuple(overrides))
+    if memo is not None and key in memo:
+        return list(memo[key])
     cells: dict[str, Cell] = {}
     with config_session():
         known = GlobalHydra.instance().config_loader().get_group_options("experiment")
@@ -71,4 +91,6 @@ def preset_cells(preset: str, parts: Sequence[Part] = (Part(),), overrides: Sequ
                 apply_chosen(cfg)  # as the run does before it hashes its protocol
                 cell = Cell(tuple(job), cfg, protocol_hash(cfg))
                 cells.setdefault(cell.protocol, cell)
+    if memo is not None:
+        memo[key] = list(cells.values())
     return list(cells.values())

@@ -73,7 +73,9 @@ def ranks_table(name: str, preset: str, tables: list[Table], alpha: float) -> tu
 
 
 def write_cd_diagram(ranking: Ranking, stem: Path, preset: str) -> list[Path]:
-    """`<stem>.png` and `.pdf`: the critical-difference diagram, its test results in the title."""
+    """`<stem>.png` and `.pdf`: the critical-difference diagram, its test results in the title. Unlike
+    the other figures, its bytes may differ between runs of the same store: scikit-posthocs draws
+    the crossbars in the order of a set of names, which Python's string hashing varies."""
     figure = Figure(figsize=(8, 1.2 + 0.22 * ranking.scores.shape[1]))
     FigureCanvasAgg(figure)
     axes = figure.add_axes((0.22, 0.02, 0.56, 0.78))

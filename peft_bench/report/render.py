@@ -46,6 +46,8 @@ LATEX_SPECIAL = {
     "^": r"\textasciicircum{}",
     "±": r"$\pm$",
     "Δ": r"$\Delta$",
+    "<": r"$<$",  # OT1 text mode sets < and > as inverted marks
+    ">": r"$>$",
 }
 
 
