@@ -58,9 +58,11 @@ def ranks_table(name: str, preset: str, tables: list[Table], alpha: float) -> tu
         mean = float(scores[method].mean())
         entries.add(method, "Average rank", "rank", "rank", float(rank), math.nan, protocol=protocol)
         entries.add(method, "Mean score", "average", "headline", mean, math.nan, protocol=protocol)
-    left = [f"methods {', '.join(methods_out)}"] * bool(methods_out) + [
-        f"datasets {', '.join(blocks_out)}"
-    ] * bool(blocks_out)
+    left = [
+        f"{what} {', '.join(names)}"
+        for what, names in (("methods", methods_out), ("datasets", blocks_out))
+        if names
+    ]
     description = RANKS_NOTE.format(
         blocks=scores.shape[0],
         names=", ".join(scores.index),

@@ -38,17 +38,12 @@ def read_outcomes(run_dir: Path) -> Outcomes | None:
         return {name: stored[name] for name in stored.files}
 
 
-def is_ranked(outcomes: Mapping[str, np.ndarray]) -> bool:
-    """Whether detection outcomes are in stored order: by class, then descending score."""
-    class_steps, score_steps = np.diff(outcomes["class_index"]), np.diff(outcomes["score"])
-    return bool(np.all(class_steps >= 0) and np.all(score_steps[class_steps == 0] <= 0))
-
-
 def ranked(outcomes: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
     """Detection outcomes (per detection `image`, `class_index`, `score`, ... in image order) ordered
     as they are stored: by class, then descending score, ties in image order (a stable sort). Those
     already in that order (all but files stored before it was the order) come back as they are."""
-    if is_ranked(outcomes):
+    class_steps, score_steps = np.diff(outcomes["class_index"]), np.diff(outcomes["score"])
+    if np.all(class_steps >= 0) and np.all(score_steps[class_steps == 0] <= 0):
         return outcomes
     order = np.lexsort((-outcomes["score"], outcomes["class_index"]))
     rows = len(outcomes["score"])
@@ -61,14 +56,12 @@ def ranked(outcomes: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
 def ranked_by_class(
     outcomes: Mapping[str, np.ndarray], images: np.ndarray | None
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """Detection outcomes in stored order (`ranked`; `positives` per image and class) over `images`
-    (indices, repeats allowed: a resample; None: all): per class with positives among them, (class
-    index, positives, the rows of its detections of those images in ranked order, and each one's
-    weight: how many times its image was drawn). A detection drawn k times counts k times, its copies
-    side by side: with ties of score in image order, this is how VOC and COCO rank the drawn images
-    evaluated together, and it needs no sort per resample."""
-    if not is_ranked(outcomes):
-        raise ValueError("detection outcomes must be `ranked` (by class, then score) to be ranked by class")
+    """Detection outcomes in stored order (pass older files through `ranked` first; `positives` per
+    image and class) over `images` (indices, repeats allowed: a resample; None: all): per class with
+    positives among them, (class index, positives, the rows of its detections of those images in
+    ranked order, and each one's weight: how many times its image was drawn). A detection drawn k
+    times counts k times, its copies side by side: with ties of score in image order, this is how VOC
+    and COCO rank the drawn images evaluated together, and it needs no sort per resample."""
     positives, classes = outcomes["positives"], outcomes["class_index"]
     counts = (
         np.ones(len(positives), np.int64) if images is None else np.bincount(images, minlength=len(positives))

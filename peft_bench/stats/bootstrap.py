@@ -68,14 +68,13 @@ class CellBootstrap:
         """The mean over the runs of `metric` on the whole test set: the cell's reported mean."""
         return float(self.observed[:, self.metrics.index(metric)].mean())
 
-    def distribution(self, metric: str) -> np.ndarray:
-        """(resamples,) the mean over the drawn runs of `metric` on the drawn images."""
-        values = self.resampled[..., self.metrics.index(metric)]
-        return np.take_along_axis(values, self.run_draws, axis=1).mean(axis=1)
-
     def per_run(self, metric: str) -> np.ndarray:
         """(resamples, runs) the drawn runs' `metric` on the drawn images, in the order drawn."""
         return np.take_along_axis(self.resampled[..., self.metrics.index(metric)], self.run_draws, axis=1)
+
+    def distribution(self, metric: str) -> np.ndarray:
+        """(resamples,) the mean over the drawn runs of `metric` on the drawn images."""
+        return self.per_run(metric).mean(axis=1)
 
 
 def bootstrap_cell(
