@@ -15,11 +15,12 @@ from scipy.stats import bootstrap as scipy_bootstrap
 from test_report import by, write_run
 from test_report_suites import write_run as write_suite_run
 
+from peft_bench.errors import UserError
 from peft_bench.metrics.accuracy import accuracy_scores
 from peft_bench.metrics.voc_map import voc_scores
 from peft_bench.report.__main__ import main
 from peft_bench.report.profiles import profile
-from peft_bench.results.outcomes import write_outcomes
+from peft_bench.results.outcomes import read_outcomes, write_outcomes
 from peft_bench.results.protocol import run_id_for
 from peft_bench.results.store import run_dir
 from peft_bench.stats.bootstrap import Resampling, bootstrap_cell
@@ -297,3 +298,24 @@ def test_suite_means_have_stratified_intervals_and_the_probability_of_improvemen
         assert mona.loc[column, "ci_low"] < mona.loc[column, "ours"] < mona.loc[column, "ci_high"]
     assert bool(mona.loc["Mean (tasks)", "beyond"])
     assert "probability of improvement" in (out / "table_vtab.md").read_text()
+
+
+def test_a_broken_outcomes_file_leaves_the_cell_without_an_interval(tmp_path: Path) -> None:
+    """A truncated outcomes.npz is named in one clear error when read; the reporter still builds the
+    table, and the cell says why it has no interval."""
+    results = tmp_path / "results"
+    cells = profile("paper").cells("3", TABLE3)
+    flowers = [c for c in cells if c.cfg.data.name == "flowers102"]
+    for method in ("full", "mona"):
+        write_with_outcomes(results, by(flowers, method=method), 0, coin(IMAGES, 0.5))
+    run = by(flowers, method="mona").copy()
+    run.trainer.seed = 0
+    broken = run_dir(results, run_id_for(run))
+    (broken / "outcomes.npz").write_bytes(b"PK\x03\x04 not a whole file")
+    with pytest.raises(UserError, match=r"cannot be read .* Delete it"):
+        read_outcomes(broken)
+    arguments = ["table=3", f"results_dir={results}", f"out_dir={tmp_path / 'out'}", "resamples=50"]
+    assert main([*arguments, *(f"override={o}" for o in TABLE3)]) == 0
+    entries = pd.read_csv(tmp_path / "out" / "table3.csv").set_index(["row", "column"])
+    assert "cannot be read" in entries.loc[("Mona", "Flowers102 top-1"), "stats"]
+    assert entries.loc[("Full", "Flowers102 top-1"), "stats"] == "ok"

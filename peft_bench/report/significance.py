@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from peft_bench.errors import UserError
 from peft_bench.report.grid import Cell
 from peft_bench.results.outcomes import read_outcomes
 from peft_bench.stats.bootstrap import CellBootstrap, Resampling, bootstrap_cell
@@ -50,9 +51,14 @@ class Significance:
         if task.score is None or task.per_sample is None:
             return f"no outcomes: task {task.name} keeps none"
         ordered = completed.sort_values("seed")["record_dir"]
-        outcomes = [read_outcomes(Path(directory)) for directory in ordered]
+        try:
+            outcomes = [read_outcomes(Path(directory)) for directory in ordered]
+        except UserError as error:
+            return f"no interval: {error}"
         if not outcomes or any(run is None for run in outcomes):
             return NO_OUTCOMES
+        if any(task.per_sample not in run for run in outcomes):
+            return f"no interval: a run's outcomes lack {task.per_sample!r}, which task {task.name} scores"
         sizes = {len(run[task.per_sample]) for run in outcomes}
         if len(sizes) > 1:
             return f"no interval: the runs scored test sets of different sizes ({sorted(sizes)})"

@@ -11,11 +11,13 @@ existed have none, and their intervals are unavailable.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from peft_bench.errors import UserError
 from peft_bench.results.atomic import write_atomic
 
 OUTCOMES_FILE = "outcomes.npz"
@@ -30,12 +32,19 @@ def write_outcomes(run_dir: Path, outcomes: Outcomes) -> Path:
 
 
 def read_outcomes(run_dir: Path) -> Outcomes | None:
-    """The run's stored outcomes, or None if it has none."""
+    """The run's stored outcomes, or None if it has none; UserError for a file that cannot be read."""
     path = run_dir / OUTCOMES_FILE
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as stored:
-        return {name: stored[name] for name in stored.files}
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(
+            f"{path} cannot be read ({type(error).__name__}: {error}): it is not the compressed npz "
+            "a run writes. Delete it (the run's metrics stay; its cell then has no interval) or re-run "
+            "the run to store it again."
+        ) from error
 
 
 def ranked(outcomes: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
