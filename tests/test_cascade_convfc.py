@@ -98,6 +98,44 @@ def test_mmcv_roi_align_pools_each_box_from_its_level_with_aligned_sampling() ->
     assert pool.levels(rois).tolist() == [1, 2, 3]  # floor(log2(s / 56)): 1.2, 2.4, 3.2
 
 
+def test_mmcv_roi_align_pools_at_float32_rois_under_bf16_autocast() -> None:
+    """Near 800 px bf16 has a 4 px grid (8 px above 1024): under bf16 autocast each box is pooled
+    at its exact corners (torchvision's op in float32 on the same bf16 maps, outside autocast),
+    within the bf16 rounding of the output, and far from the pooling at bf16-rounded corners. bf16
+    maps pool alike without autocast (torchvision's CPU kernel has no bf16)."""
+    strides = (4, 8, 16, 32)
+    generator = torch.Generator().manual_seed(0)
+    shapes = {str(i): (1, 4, 1344 // s, 1344 // s) for i, s in enumerate(strides)}
+    maps = {name: torch.randn(shape, generator=generator).bfloat16() for name, shape in shapes.items()}
+    boxes = torch.tensor(  # sqrt(area) 60, 130, 250, 500: levels 0, 1, 2, 3
+        [
+            [801.37, 803.61, 861.37, 863.61],
+            [805.13, 809.77, 935.13, 939.77],
+            [811.29, 802.45, 1061.29, 1052.45],
+            [817.53, 806.91, 1317.53, 1306.91],
+        ]
+    )
+    pool = MmcvRoIAlign(list(maps), 7, strides)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled = pool(maps, [boxes], [(1344, 1344)])
+    assert pooled.dtype == torch.bfloat16
+    assert torch.equal(pool(maps, [boxes], [(1344, 1344)]), pooled)
+    rois = torch.cat([torch.zeros(4, 1), boxes], dim=1)
+
+    def at(corners: torch.Tensor) -> torch.Tensor:
+        """Box i pooled from level i at `corners`, in float32."""
+        return torch.cat(
+            [
+                roi_align(maps[str(i)].float(), corners[i : i + 1], 7, 1 / s, sampling_ratio=0, aligned=True)
+                for i, s in enumerate(strides)
+            ]
+        )
+
+    exact = at(rois)
+    torch.testing.assert_close(pooled.float(), exact, rtol=2**-8, atol=1e-6)
+    assert (at(rois.bfloat16().float()) - exact).abs().max() > 0.1
+
+
 def test_the_convfc_cascade_trains_and_predicts() -> None:
     torch.manual_seed(0)
     swin = build_swin("swin_micro", dynamic_size=True)

@@ -171,3 +171,39 @@ def test_a_detection_run_trains_no_stage_0_norm() -> None:
         counted = count(compose("config", [*TINY_DETECTION, "method=e3va"]))
     expected = trainable_count(applied(layout(micro(), dense=True), "e3va")) - 2 * 32
     assert counted["backbone_trainable"] == expected
+
+
+def lead_into(backbone: SwinBackbone, stage: int, previous: torch.Tensor, lead: torch.Tensor) -> torch.Tensor:
+    """`merge(x + lead) - merge(x)`, in the precision of the arguments (and of any autocast)."""
+    merged = backbone.enter_stage(stage, previous + lead, None)[0]
+    return merged - backbone.enter_stage(stage, previous, None)[0]
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((ours.double() - reference).norm() / reference.norm()).item()
+
+
+def test_the_lead_survives_bf16_autocast() -> None:
+    """Under bf16 autocast, the lead carried through each patch merging is the float32 one, close to
+    the exact (float64) one although it is only ~3e-4 of the stream, below the bf16 rounding of a
+    merge's outputs: the difference of two bf16 merges, as autocast would compute it, is noise."""
+    backbone = applied(layout(micro(), dense=True), "e3va").eval()
+    generator = torch.Generator().manual_seed(4)
+    dims = backbone.stage_dims
+    stages = [torch.randn(2, 16 >> s, 16 >> s, d, generator=generator).bfloat16() for s, d in enumerate(dims)]
+    branches = [[(x, x)] * len(adapters) for x, adapters in zip(stages, backbone.side.stages, strict=True)]
+    with torch.no_grad():
+        for pair in backbone.side.stages[0]:  # a small lead out of stage 0; later up projections stay 0
+            for adapter in (pair.attn, pair.mlp):
+                adapter.up.weight.normal_(std=3e-4, generator=generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            leads = backbone.side(backbone, branches, stages, [None] * len(stages))
+            naive = lead_into(backbone, 1, stages[0], leads[0])
+        for s in range(1, len(stages)):
+            assert torch.equal(leads[s], lead_into(backbone, s, stages[s - 1].float(), leads[s - 1].float()))
+        exact = copy.deepcopy(backbone).double()
+        previous = stages[0].double()
+        reference = lead_into(exact, 1, previous, leads[0].double())
+        assert 2e-4 < reference.norm() / exact.enter_stage(1, previous, None)[0].norm() < 4e-4
+    assert relative_error(leads[1], reference) < 2e-3  # float32's own cancellation: 1.1e-3
+    assert relative_error(naive, reference) > 0.1  # bf16's: 2.8

@@ -44,6 +44,20 @@ class BlockAdapters(nn.Module):
         return self.attn(attn) + self.mlp(mlp)
 
 
+def carried(
+    backbone: Backbone, stage: int, previous: torch.Tensor, lead: torch.Tensor, layout: TokenLayout | None
+) -> torch.Tensor:
+    """The lead carried into `stage` through the backbone's transition, `merge(x + lead) - merge(x)`,
+    in float32 with autocast off. The lead starts at zero and stays small against the stream (3e-4
+    of it early on), while a bf16 merge rounds each output to ~4e-3 of the stream: the difference of
+    two bf16 merges would be rounding noise (relative error 3-6 at 3e-4). The float32 lead promotes
+    the bf16 additions after it."""
+    with torch.autocast(previous.device.type, enabled=False):
+        previous, lead = previous.float(), lead.float()
+        merged = backbone.enter_stage(stage, previous + lead, layout)[0]
+        return merged - backbone.enter_stage(stage, previous, layout)[0]
+
+
 class Highway(SideNetwork):
     """The highway, as its lead over the backbone's stream: per stage, the sum of its blocks' adapter
     outputs plus the lead carried in through the backbone's own (frozen) patch merging.
@@ -74,9 +88,7 @@ class Highway(SideNetwork):
             if s == 0:
                 lead = torch.zeros_like(stages[0])
             else:
-                previous, layout = stages[s - 1], layouts[s - 1]
-                lead = backbone.enter_stage(s, previous + leads[-1], layout)[0]
-                lead = lead - backbone.enter_stage(s, previous, layout)[0]
+                lead = carried(backbone, s, stages[s - 1], leads[-1], layouts[s - 1])
             for block, block_branches in zip(adapters, taps, strict=True):
                 lead = lead + block(block_branches)
             leads.append(lead)

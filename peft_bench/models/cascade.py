@@ -122,7 +122,11 @@ class MmcvRoIAlign(MultiScaleRoIAlign):
     floor(log2(sqrt(area) / 56)) clamped to the levels, and each box is pooled from its level with
     `aligned=True` (pixel centres at +0.5, mmcv's default) and adaptive sampling
     (`sampling_ratio=0`); torchvision's `MultiScaleRoIAlign` aligns no half pixel. A drop-in for it
-    (torchvision's detectors accept only its subclasses)."""
+    (torchvision's detectors accept only its subclasses).
+
+    It pools in float32 at float32 RoIs whatever the maps' dtype, as torchvision's `roi_align` does
+    under autocast (and its CPU kernel has no bf16): bf16 RoIs would put a box's corners on a 4 px
+    grid between 512 and 1024 px, an 8 px one above. The pooled features keep the maps' dtype."""
 
     def __init__(
         self, featmap_names: Sequence[str], output_size: int, strides: Sequence[int], finest_scale: int = 56
@@ -145,9 +149,9 @@ class MmcvRoIAlign(MultiScaleRoIAlign):
         pooled = maps[0].new_zeros((len(rois), maps[0].shape[1], *self.output_size))
         for level, (feature, stride) in enumerate(zip(maps, self.strides, strict=True)):
             index = torch.where(levels == level)[0]
-            level_rois = rois[index].to(feature.dtype)
+            level_rois = rois[index].float()
             pooled[index] = roi_align(
-                feature, level_rois, self.output_size, 1.0 / stride, sampling_ratio=0, aligned=True
+                feature.float(), level_rois, self.output_size, 1.0 / stride, sampling_ratio=0, aligned=True
             ).to(pooled.dtype)
         return pooled
 

@@ -4,7 +4,9 @@ torchvision builds anchors in the dtype of the feature maps and decodes boxes in
 deltas; its focal loss computes `1 - p_t` in the logits' dtype. Under bf16 autocast that rounds
 anchor coordinates by up to 3 px at 1000 px, decoded box centres by +-2 px between 512 and 1024
 px, the down-weighting of easy negatives (x1.4 off at p = 0.01, 0 at p = 0.001) and the scores that
-rank detections. Each class here hands float32 to what comes after it.
+rank detections. Each class here hands float32 to what comes after it. In `cascade.py`, the
+`BoxPredictor` outputs are float32 likewise, and `MmcvRoIAlign` pools at float32 RoIs (bf16 ones sit
+on a 4 px grid between 512 and 1024 px).
 """
 
 from __future__ import annotations
