@@ -10,7 +10,13 @@ training images per second, inference images per second, peak memory, the delta 
 runs as evaluation runs it: with every mergeable update merged (`peft_bench.methods.merged`).
 
 Each candidate is on the device only while it is measured (the others wait on the CPU), under the
-autocast of training (`--precision`, as `trainer.precision`). Peak memory: on CUDA,
+autocast of training (`--precision`, as `trainer.precision`), with the trainer's optimiser (AdamW,
+fused on CUDA). A training step zeroes its gradients after the update, as the trainer's does, so
+none are alive through the next forward and backward. On CUDA each placement of a candidate starts
+with an emptied allocator cache, so its first step (cudaMalloc, cold caches) is not timed: a
+placement runs one untimed training step and inference, then times `--steps` of each (default 3)
+back to back, without a host sync between them; their mean is one sample. On the CPU, where
+placement moves nothing, a placement times one step of each. Peak memory: on CUDA,
 `torch.cuda.max_memory_allocated` (and `_reserved`) over a training step of that candidate alone.
 The CPU allocator keeps no such statistics, and the process holds every candidate, so on the CPU
 the column is the step's own account (not a run's peak resident set): weights, gradients
@@ -28,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -68,6 +75,15 @@ COLUMNS = [
 ]
 
 
+CUDA_STEPS = 3  # timed steps per sample on CUDA, by default
+
+
+def default_placement_warmup(device: torch.device) -> int:
+    """Untimed steps at the start of each placement: on CUDA one, as the placement starts with an
+    emptied allocator cache and cold caches; none on the CPU, where placement moves nothing."""
+    return 1 if device.type == "cuda" else 0
+
+
 @dataclass
 class Candidate:
     method: str
@@ -92,13 +108,29 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def timed_mean(fn: Callable[[], None], device: torch.device, steps: int, warmup: int) -> float:
+    """Mean seconds of `steps` calls of `fn`, after `warmup` untimed ones. The timed calls run as one
+    block, synced only at its ends, so that on CUDA the host queues each step while the device runs
+    the last, as in training."""
+    for _ in range(warmup):
+        fn()
+
+    def block() -> None:
+        for _ in range(steps):
+            fn()
+
+    return timed(block, device) / steps
+
+
 def _train_step(c: Candidate, images: torch.Tensor, targets: torch.Tensor, amp: Autocast) -> None:
+    """One training step. Gradients are freed right after the update, not before the next backward:
+    stale ones would be alive through the next forward and count in its peak memory."""
     c.model.train()
     with amp():
         loss = c.model(images, targets)
-    c.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     c.optimizer.step()
+    c.optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
@@ -110,24 +142,41 @@ def _infer(c: Candidate, images: torch.Tensor, amp: Autocast) -> None:
 
 @contextmanager
 def on_device(c: Candidate, device: torch.device) -> Iterator[None]:
-    """`c` on `device` (model and optimiser state) while it is measured, then back on the CPU with its
-    gradients freed: the GPU holds one candidate at a time, so its memory is that candidate's alone."""
+    """`c` on `device` (model and optimiser state) while it is measured, then back on the CPU (a bench
+    step leaves no gradients): the GPU holds one candidate at a time, so its memory is that
+    candidate's alone."""
     _move(c, device)
     try:
         yield
     finally:
-        c.model.zero_grad(set_to_none=True)
         _move(c, torch.device("cpu"))
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
 
 def _move(c: Candidate, device: torch.device) -> None:
-    c.model.to(device)
-    for state in c.optimizer.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                state[key] = value.to(device)
+    c.model.to(device)  # in place: the optimiser's parameters are the model's
+    move_optimizer_state(c.optimizer, device)
+
+
+def move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """The optimiser's state to where it would have created it for parameters on `device`."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    state[key] = value.to(state_device(group, key, device))
+
+
+def state_device(group: dict, key: str, device: torch.device) -> torch.device:
+    """Where AdamW keeps a state tensor of `group`'s parameters on `device`: with them, but for the
+    `step` count of a non-fused, non-capturable AdamW, which stays on the CPU (torch's note [special
+    device hosting for step]): on CUDA, that optimiser reads it on the host for every tensor, a sync
+    each time."""
+    if key == "step" and not (group.get("fused") or group.get("capturable")):
+        return torch.device("cpu")
+    return device
 
 
 def step_memory_account(c: Candidate, images: torch.Tensor, targets: torch.Tensor) -> int:
@@ -152,8 +201,9 @@ def step_memory_account(c: Candidate, images: torch.Tensor, targets: torch.Tenso
     return weights + 3 * trainable + sum(saved.values())
 
 
-def build_candidates(methods: list[str], backbone: str, img_size: int) -> list[Candidate]:
-    """Each method's classifier over 100 classes, built as a run builds it (random weights)."""
+def build_candidates(methods: list[str], backbone: str, img_size: int, fused: bool) -> list[Candidate]:
+    """Each method's classifier over 100 classes, built as a run builds it (random weights), with the
+    trainer's optimiser (`fused` as the trainer's on the device measured)."""
     candidates = []
     with config_session():
         for name in methods:
@@ -162,7 +212,8 @@ def build_candidates(methods: list[str], backbone: str, img_size: int) -> list[C
             )
             torch.manual_seed(0)
             model = build_task_model(cfg, num_classes=100, pretrained=False)  # on the CPU until measured
-            candidates.append(Candidate(name, model, build_optimizer(model, lr=1e-4, weight_decay=0.05)))
+            optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05, fused=fused)
+            candidates.append(Candidate(name, model, optimizer))
     return candidates
 
 
@@ -174,7 +225,12 @@ def measure(
     warmup: int,
     device: torch.device,
     precision: Precision,
+    *,
+    steps: int,
+    placement_warmup: int,
 ) -> None:
+    """`warmup` steps and the peak memory of each candidate, then `repeats` samples of each, a sample
+    being the mean of `steps` steps after `placement_warmup` untimed ones, all in one placement."""
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     targets = torch.randint(0, 100, (batch,), device=device)
     amp = autocast(device, precision)
@@ -195,9 +251,11 @@ def measure(
         shift = r % len(candidates)  # rotate the order: no method always runs first or last
         for c in candidates[shift:] + candidates[:shift]:
             with on_device(c, device):
-                c.step_s.append(timed(lambda c=c: _train_step(c, images, targets, amp), device))
+                train = partial(_train_step, c, images, targets, amp)
+                c.step_s.append(timed_mean(train, device, steps, placement_warmup))
                 with merged(c.model):  # as evaluation runs it; the merge itself is not timed
-                    c.infer_s.append(timed(lambda c=c: _infer(c, images, amp), device))
+                    infer = partial(_infer, c, images, amp)
+                    c.infer_s.append(timed_mean(infer, device, steps, placement_warmup))
 
 
 def table(
@@ -260,8 +318,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--img-size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--methods", default="all", help="comma-separated, or 'all'")
-    parser.add_argument("--repeats", type=int, default=15, help="timed steps per method")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=15, help="samples per method (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method before any sample")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"timed steps per sample (default {CUDA_STEPS} on CUDA, 1 on the CPU)",
+    )
     parser.add_argument("--device", default="auto", choices=[d.value for d in Device])
     parser.add_argument(
         "--precision", default="auto", choices=[p.value for p in Precision], help="as trainer.precision"
@@ -282,8 +346,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         precision = resolve_precision(args.precision, device)
     except UserError as error:
         parser.error(str(error))
-    candidates = build_candidates(methods, args.backbone, args.img_size)
-    measure(candidates, args.batch, args.img_size, args.repeats, args.warmup, device, precision)
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be at least 1")
+    cuda = device.type == "cuda"
+    candidates = build_candidates(methods, args.backbone, args.img_size, fused=cuda)
+    measure(
+        candidates,
+        args.batch,
+        args.img_size,
+        args.repeats,
+        args.warmup,
+        device,
+        precision,
+        steps=args.steps or (CUDA_STEPS if cuda else 1),
+        placement_warmup=default_placement_warmup(device),
+    )
     rows = table(candidates, args.backbone, args.img_size, args.batch, device, precision)
     out = (
         args.out
