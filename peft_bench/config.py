@@ -279,6 +279,10 @@ class TrainerConfig:
     threads: int | None = None  # torch CPU threads; None: torch's default
     compile: bool = False  # torch.compile the task model's training forward (`nn.Module.compile`)
     compile_backend: str = "inductor"  # torch.compile's; aot_eager: the graph capture without codegen
+    # Deterministic kernels (`torch.use_deterministic_algorithms`, cuDNN without its autotuner): a
+    # CUDA run bit for bit repeatable, and resumable to the same bits; an op without a deterministic
+    # kernel then raises, naming itself.
+    deterministic: bool = False
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import subprocess
@@ -37,10 +38,23 @@ from peft_bench.tuning import apply_chosen
 def seed_everything(seed: int, rank: int = 0) -> None:
     """Seed Python, numpy and torch with `seed + rank`: each process draws its own augmentation,
     dropout and drop path; the weights stay rank 0's (DDP broadcasts them), so rank 0 trains as a
-    single-process run of the same seed. DataLoader workers are seeded from torch's generator."""
+    single-process run of the same seed. DataLoader workers seed each sample's augmentation from
+    (seed, epoch, index) instead (`engine.sample_seeds`)."""
     random.seed(seed + rank)
     np.random.seed(seed + rank)
     torch.manual_seed(seed + rank)
+
+
+def set_deterministic(deterministic: bool) -> None:
+    """`trainer.deterministic`: deterministic kernels, cuDNN without its autotuner (which picks kernels
+    by timing them) and cuBLAS with a fixed workspace (read at its first call, which comes later: the
+    model is built and moved after this). Set either way, so that a run does not inherit an earlier
+    run's mode in the same process; a workspace the user set is kept."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def git_sha() -> str | None:
@@ -116,6 +130,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     task = check_choices(cfg)
     if info.device.type == "cuda":  # cuDNN's autotuner pays off where every batch has one shape
         torch.backends.cudnn.benchmark = not head_of(cfg).dense
+    set_deterministic(cfg.trainer.deterministic)  # after the autotuner's switch: it may turn it off
     data = build_data(cfg)  # first: a missing dataset fails before any model is built
     if tuning and tuning["stage"] == "tune":  # a grid point is scored on val; test stays unseen
         data = replace(data, test=None)
@@ -148,6 +163,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         "versions": versions(),
         "device": device_name(info),
         "precision": Precision(cfg.trainer.precision).value,
+        "deterministic": cfg.trainer.deterministic,
         "batch": {"global": cfg.data.batch_size, "per_device": per_device, "world_size": info.world_size},
         "wall_s": None,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -290,8 +290,11 @@ def test_new_keys_at_their_neutral_values_leave_the_protocol_hash_alone() -> Non
         default = compose(config_name="config")
         mmcv = compose(config_name="config", overrides=["trainer.schedule=cosine"])
         paper = compose(config_name="config", overrides=["protocol=paper"])
+        deterministic = compose(config_name="config", overrides=["trainer.deterministic=true"])
     assert "schedule" not in protocol_of(default)["trainer"] and "init" not in protocol_of(default)["head"]
-    assert len({protocol_hash(default), protocol_hash(mmcv), protocol_hash(paper)}) == 3
+    assert "deterministic" not in protocol_of(default)["trainer"]
+    hashes = {protocol_hash(cfg) for cfg in (default, mmcv, paper, deterministic)}
+    assert len(hashes) == 4
 
 
 def test_a_paper_protocol_run_trains_on_everything_and_reports_its_last_checkpoint(results_dir: Path) -> None:

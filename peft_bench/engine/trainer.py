@@ -3,7 +3,9 @@ validation split (or none: the last checkpoint), epoch checkpoints, exact resume
 
 Resume is exact on the CPU: the data order depends only on (seed, epoch), and a checkpoint at the
 end of each epoch holds the RNG states, so a run killed mid-epoch and resumed repeats that epoch
-from the same state and ends with the same metrics as a run that was never interrupted.
+from the same state and ends with the same metrics as a run that was never interrupted. With
+DataLoader workers, each sample's augmentation is keyed on (seed, epoch, index) (`sample_seeds`);
+on CUDA, bit-exactness also needs `trainer.deterministic` (cuDNN's autotuner, atomics).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from peft_bench.engine.cost import StepTimer, Throughput, peak_memory, reset_pea
 from peft_bench.engine.distributed import DistInfo, ShardSampler, gather_to_main
 from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.precision import autocast, grad_scaler, resolve_precision
+from peft_bench.engine.sample_seeds import EpochKeys, SeededSamples
 from peft_bench.engine.schedules import build_scheduler
 from peft_bench.errors import TrainingDiverged, UserError
 from peft_bench.layers.merge import merged
@@ -193,6 +196,13 @@ class Trainer:
             seed=self.cfg.seed,
             drop_last=True,
         )
+        generator = None  # without workers, samples draw from the main process's generators
+        if self.workers > 0:
+            # Persistent workers' generators would depend on when the loader's iterator was made (a
+            # resume) and on the worker count: each sample draws from its own seed of (seed, epoch,
+            # index) instead, and the loader's own generator leaves the main process's untouched.
+            dataset, sampler = SeededSamples(dataset, self.cfg.seed), EpochKeys(sampler)
+            generator = torch.Generator().manual_seed(self.cfg.seed)
         return DataLoader(
             dataset,
             batch_size=per_device_batch(self.data_cfg.batch_size, self.info.world_size),
@@ -202,6 +212,7 @@ class Trainer:
             collate_fn=collate_fn,
             pin_memory=self.device.type == "cuda",
             persistent_workers=self.workers > 0,
+            generator=generator,
         )
 
     def _eval_loader(self, dataset: Dataset, collate_fn: Callable | None) -> DataLoader:

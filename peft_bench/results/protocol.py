@@ -61,6 +61,7 @@ NEUTRAL: dict[str, Any] = {
     "trainer.gamma": 0.1,
     "trainer.power": 1.0,
     "trainer.precision": "fp32",
+    "trainer.deterministic": False,
     "data.normalization": "imagenet",
     "tuning.stage": "none",
 }
