@@ -1,10 +1,20 @@
-"""torchrun-aware process setup: DDP over NCCL on GPUs, gloo on the CPU."""
+"""Process setup for DDP: over NCCL on GPUs, gloo on the CPU, launched by torchrun or by SLURM's srun.
+
+Objects (evaluation records, metrics, RNG states) and barriers travel over a gloo group on the CPU
+even when the tensors go over NCCL: a rank that waits there while rank 0 scores an evaluation (COCO's
+takes minutes) is outside NCCL's watchdog, whose timeout would otherwise end the run.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -16,12 +26,17 @@ from peft_bench.errors import UserError
 
 T = TypeVar("T")
 
+# How long a rank waits in an object collective or barrier: rank 0's scoring of a whole test set.
+OBJECT_TIMEOUT = timedelta(hours=2)
+_objects: dist.ProcessGroup | None = None  # the gloo group of objects and barriers (None: the default)
+
 
 @dataclass(frozen=True)
 class DistInfo:
     rank: int
     world_size: int
     device: torch.device
+    local_world_size: int = 1  # the processes on this node
 
     @property
     def is_main(self) -> bool:
@@ -30,6 +45,16 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process stands among the processes its launcher started."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
 
 
 def resolve_device(requested: Device | str, local_rank: int = 0) -> torch.device:
@@ -45,23 +70,74 @@ def resolve_device(requested: Device | str, local_rank: int = 0) -> torch.device
     return torch.device("cuda", local_rank)
 
 
+def slurm_root_node(nodelist: str) -> str:
+    """The first host of a SLURM node list (`gpu[03-05,09],cpu1` -> `gpu03`), as Lightning's
+    `SLURMEnvironment` resolves the main address."""
+    first = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?", nodelist)
+    prefix, ranges = first.group(1), first.group(2)
+    return prefix + re.split(r"[-,]", ranges)[0] if ranges else prefix
+
+
+def launch_from_environment(environ: dict[str, str] | os._Environ = os.environ) -> Launch:
+    """torchrun's variables where they are set; else, in a SLURM step of several tasks (srun), SLURM's,
+    with the main address and port that torchrun would have been given derived from the job (as
+    Lightning and submitit do) and exported for `init_process_group`; else one process."""
+    if "WORLD_SIZE" in environ:
+        world_size = int(environ["WORLD_SIZE"])
+        return Launch(
+            int(environ.get("RANK", "0")),
+            world_size,
+            int(environ.get("LOCAL_RANK", "0")),
+            int(environ.get("LOCAL_WORLD_SIZE", str(world_size))),
+        )
+    tasks = int(environ.get("SLURM_NTASKS", "1"))
+    if tasks <= 1 or "SLURM_PROCID" not in environ:
+        return Launch()
+    if environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        raise UserError(
+            f"This is an interactive SLURM allocation of {tasks} tasks, but one process was started "
+            "directly. Launch every task with `srun python -m peft_bench ...` (each becomes a rank), or "
+            "run torchrun inside the allocation."
+        )
+    environ.setdefault(
+        "MASTER_ADDR", slurm_root_node(environ.get("SLURM_JOB_NODELIST") or environ["SLURM_NODELIST"])
+    )
+    environ.setdefault("MASTER_PORT", str(15000 + int(environ["SLURM_JOB_ID"][-4:])))
+    local_tasks = int(re.match(r"\d+", environ.get("SLURM_TASKS_PER_NODE", "1")).group())
+    return Launch(int(environ["SLURM_PROCID"]), tasks, int(environ.get("SLURM_LOCALID", "0")), local_tasks)
+
+
 def init_distributed(requested_device: Device | str) -> DistInfo:
-    """Join the process group that torchrun describes in the environment, if any."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(requested_device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    """Join the process group that torchrun or srun describes in the environment, if any."""
+    global _objects
+    launch = launch_from_environment()
+    device = resolve_device(requested_device, launch.local_rank)
+    if launch.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
-    return DistInfo(rank=rank, world_size=world_size, device=device)
+        dist.init_process_group(
+            backend=backend, init_method="env://", rank=launch.rank, world_size=launch.world_size
+        )
+        if backend == "nccl":
+            _objects = dist.new_group(backend="gloo", timeout=OBJECT_TIMEOUT)
+    return DistInfo(launch.rank, launch.world_size, device, launch.local_world_size)
 
 
 def shutdown_distributed() -> None:
+    global _objects
     if dist.is_initialized():
         dist.destroy_process_group()
+    _objects = None
+
+
+def cpus_per_process(local_processes: int) -> int:
+    """The CPUs this process may use for itself: SLURM's per-task CPUs where SLURM set them (a task's
+    affinity is its own), else this process's affinity shared among the processes of its node."""
+    if "SLURM_CPUS_PER_TASK" in os.environ:
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, available // local_processes)
 
 
 def _distributed() -> bool:
@@ -74,7 +150,7 @@ def gather_to_main(items: list) -> list | None:
     if not _distributed():
         return items
     parts: list[list] | None = [[] for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None
-    dist.gather_object(items, parts, dst=0)
+    dist.gather_object(items, parts, dst=0, group=_objects)
     return None if parts is None else [item for part in parts for item in part]
 
 
@@ -86,7 +162,7 @@ def gather_in_sample_order(items: list) -> list | None:
         return items
     world = dist.get_world_size()
     parts: list[list] | None = [[] for _ in range(world)] if dist.get_rank() == 0 else None
-    dist.gather_object(items, parts, dst=0)
+    dist.gather_object(items, parts, dst=0, group=_objects)
     if parts is None:
         return None
     ordered: list = [None] * sum(map(len, parts))
@@ -100,8 +176,38 @@ def broadcast_object(obj: T) -> T:
     if not _distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_objects)
     return box[0]
+
+
+def barrier() -> None:
+    """Wait for every process (over the object group: no NCCL watchdog on a long wait)."""
+    if _distributed():
+        dist.barrier(group=_objects)
+
+
+def check_shared_directory(directory: Path) -> None:
+    """Refuse a run folder that some process cannot see: rank 0 writes the checkpoints and every rank
+    resumes from them. Rank 0 leaves a marker there, and every process looks for it."""
+    if not _distributed():
+        return
+    marker = directory / f".shared-{broadcast_object(secrets.token_hex(8))}"
+    if dist.get_rank() == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    barrier()
+    seen: list[tuple[bool, str]] = [(False, "")] * dist.get_world_size()
+    dist.all_gather_object(seen, (marker.exists(), socket.gethostname()), group=_objects)
+    barrier()
+    if dist.get_rank() == 0:
+        marker.unlink()
+    blind = [f"rank {rank} ({host})" for rank, (sees, host) in enumerate(seen) if not sees]
+    if blind:
+        raise UserError(
+            f"The run folder {directory} is not visible to {', '.join(blind)}: rank 0 writes the run's "
+            "checkpoints and every process reads them to resume. Put paths.results_dir on a file system "
+            "that every node mounts at the same path."
+        )
 
 
 class ShardSampler(Sampler[int]):

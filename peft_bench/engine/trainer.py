@@ -10,8 +10,6 @@ on CUDA, bit-exactness also needs `trainer.deterministic` (cuDNN's autotuner, at
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,15 @@ from peft_bench.engine.checkpoint import (
 )
 from peft_bench.engine.contract import Evaluator, TaskModel
 from peft_bench.engine.cost import StepTimer, Throughput, peak_memory, reset_peak_memory
-from peft_bench.engine.distributed import DistInfo, ShardSampler, gather_to_main
+from peft_bench.engine.distributed import (
+    DistInfo,
+    ShardSampler,
+    barrier,
+    broadcast_object,
+    check_shared_directory,
+    cpus_per_process,
+    gather_to_main,
+)
 from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.precision import autocast, grad_scaler, resolve_precision
 from peft_bench.engine.sample_seeds import EpochKeys, SeededSamples
@@ -46,27 +52,57 @@ from peft_bench.engine.schedules import build_scheduler
 from peft_bench.errors import TrainingDiverged, UserError
 from peft_bench.layers.merge import merged
 
+# fairseq's `min_loss_scale`: a dynamic loss scale halved this far has met inf or NaN gradients at
+# every scale it tried, so the model itself, not the fp16 range, has diverged.
+MIN_LOSS_SCALE = 1e-4
 
-class RunningLoss:
-    """The sum of the losses since the last history row, kept on the device: reading it is a host
-    sync, which happens once a row (`trainer.log_every`), not once a step."""
+
+@dataclass
+class RowAccount:
+    """What the steps of a history row left: their mean finite loss (nan when none was finite), the
+    steps whose loss was not finite, and the steps the fp16 loss scale skipped."""
+
+    loss: float
+    non_finite: int
+    skipped: int
+
+
+class StepAccount:
+    """The steps since the last history row, kept on the device: the sum of their finite losses,
+    their count of finite losses and of steps the loss scale skipped. Reading them is a host sync,
+    which happens once a row (`trainer.log_every`), not once a step."""
 
     def __init__(self, device: torch.device) -> None:
-        self.total = torch.zeros((), device=device)
-        self.count = 0
+        self.sums = torch.zeros(2, device=device)  # finite losses, finite steps
+        self.skipped = torch.zeros((), device=device)
+        self.steps = 0
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.total += loss.float()
-        self.count += 1
+    def add(self, loss: torch.Tensor, skipped: torch.Tensor | None) -> None:
+        loss = loss.float()
+        finite = torch.isfinite(loss)
+        self.sums += torch.stack([torch.where(finite, loss, 0.0), finite.float()])
+        if skipped is not None:
+            self.skipped += skipped
+        self.steps += 1
 
-    def mean(self, info: DistInfo) -> float:
-        """The mean over the steps and the processes; then it starts again."""
-        total = self.total / self.count
-        if info.distributed:  # gloo has no AVG: sum, then divide
-            dist.all_reduce(total, op=dist.ReduceOp.SUM)
-            total = total / info.world_size
-        self.total, self.count = torch.zeros_like(self.total), 0
-        return total.item()
+    def take_skipped(self) -> int:
+        """The steps skipped since the last take; every process skips the same ones (DDP gives each
+        the same gradients), so this process's count is the run's."""
+        skipped = int(self.skipped.item())
+        self.skipped.zero_()
+        return skipped
+
+    def read(self, info: DistInfo) -> RowAccount:
+        """The row's account over the steps and the processes; then it starts again."""
+        sums = self.sums
+        if info.distributed:
+            sums = sums.clone()
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        loss, finite = torch.stack([sums[0] / sums[1], sums[1]]).tolist()  # 0 / 0: nan
+        steps = self.steps * info.world_size
+        self.sums.zero_()
+        self.steps = 0
+        return RowAccount(loss, steps - int(finite), self.take_skipped())
 
 
 @dataclass
@@ -127,14 +163,15 @@ def check_batch_fits(train_size: int, batch_size: int, world_size: int) -> None:
         )
 
 
-def data_workers(requested: int | None, device: torch.device, world_size: int) -> int:
+def data_workers(requested: int | None, device: torch.device, local_processes: int) -> int:
     """DataLoader workers: as configured; else none on the CPU (they would compete with the model
-    for its cores) and, on CUDA, up to 8 per process from the machine's CPUs, one left to each process."""
+    for its cores) and, on CUDA, up to 8 per process from the CPUs this process may use (its share of
+    its node's, or its SLURM task's), one left to the process itself."""
     if requested is not None:
         return requested
     if device.type != "cuda":
         return 0
-    return max(0, min(8, (os.cpu_count() or 1) // world_size - 1))
+    return max(0, min(8, cpus_per_process(local_processes) - 1))
 
 
 def compile_in_place(model: nn.Module, backend: str) -> None:
@@ -181,7 +218,7 @@ class Trainer:
         self.on_epoch_end = on_epoch_end or (lambda state: None)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = autocast(self.device, self.precision)
-        self.workers = data_workers(data_cfg.num_workers, self.device, info.world_size)
+        self.workers = data_workers(data_cfg.num_workers, self.device, info.local_world_size)
         self.state = LoopState()  # readable after a failure: the history up to that point
         self.step_timer = StepTimer(self.device)
         self.eval_throughput = Throughput(self.device)
@@ -253,12 +290,12 @@ class Trainer:
         scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
         scaler = grad_scaler(self.device, self.precision)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        net: nn.Module = DistributedDataParallel(model) if self.info.distributed else model
 
         state = self.state
         last_path = self.checkpoint_dir / "last.pt"
         best_path = self.checkpoint_dir / "best.pt"
-        if last_path.exists():
+        check_shared_directory(self.checkpoint_dir)
+        if broadcast_object(last_path.exists()):  # rank 0 decides: every process resumes, or none
             ckpt = load_checkpoint(last_path)
             load_trainable_state(model, ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -267,6 +304,10 @@ class Trainer:
                 scaler.load_state_dict(ckpt["scaler"])
             state = self.state = LoopState(**ckpt["loop"])
             set_rng_state(rank_rng_state(ckpt["rng"], self.info.rank), self.device)
+        # Wrapped after the resume: DDP starts every process from rank 0's weights and buffers.
+        net: nn.Module = model
+        if self.info.distributed:
+            net = DistributedDataParallel(model, gradient_as_bucket_view=True)
 
         bar = tqdm(
             total=stop_step,
@@ -275,24 +316,26 @@ class Trainer:
             desc="train",
             dynamic_ncols=True,
         )
-        losses = RunningLoss(self.device)
+        account = StepAccount(self.device)
         reset_peak_memory(self.device)
         while state.step < stop_step:
             train_loader.sampler.set_epoch(state.epoch)
             net.train()
             for images, targets in train_loader:
                 with self.step_timer.step():
-                    loss = self._train_step(
-                        net, optimizer, scheduler, scaler, trainable, images, targets, state
+                    loss, skipped = self._train_step(
+                        net, optimizer, scheduler, scaler, trainable, images, targets
                     )
-                losses.add(loss)
+                account.add(loss, skipped)
                 state.step += 1
                 bar.update(1)
                 if state.step % cfg.log_every == 0 or state.step == stop_step:
-                    self._log_row(losses.mean(self.info), scheduler, scaler, state, bar)
+                    self._log_row(account.read(self.info), scheduler, scaler, state, bar)
                 if state.step >= stop_step:
                     break
             state.epoch += 1
+            if scaler.is_enabled():  # the checkpoint's count includes the steps since the last row
+                state.skipped_steps += account.take_skipped()
             if val_loader is not None and (state.epoch % cfg.eval_every == 0 or state.step >= stop_step):
                 self._validate(model, val_loader, evaluator, main_metric, state, best_path)
             rng = gather_to_main([rng_state(self.device)])  # each process's own generators
@@ -307,7 +350,7 @@ class Trainer:
                     rng=rng,
                 )
                 self.on_epoch_end(state)
-            self._barrier()
+            barrier()
         bar.close()
 
         if data.test is None:  # a grid point of a tuned protocol: val scores it, test stays unseen
@@ -370,42 +413,59 @@ class Trainer:
         trainable: list[nn.Parameter],
         images: Any,
         targets: Any,
-        state: LoopState,
-    ) -> torch.Tensor:
-        """One optimiser step; its loss stays on the device (read when a history row is written)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimiser step. Its loss, and under fp16 whether the loss scale skipped it, stay on the
+        device (read when a history row is written). Gradients are freed right after the update, so
+        that the next forward runs without them (a step's peak holds no stale gradients)."""
         images, targets = to_device(images, self.device), to_device(targets, self.device)
         with self.autocast():
             loss = net(images, targets)
-        optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if self.cfg.clip_grad_norm is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, self.cfg.clip_grad_norm)
-        scaler.step(optimizer)
+        skipped = None
         if scaler.is_enabled():  # fp16: a step with inf or NaN gradients is skipped, the scale halved
-            scale = scaler.get_scale()
+            scale = scaler._scale.clone()  # the scale's device tensor: get_scale() would sync the host
+            scaler.step(optimizer)
             scaler.update()
-            state.skipped_steps += int(scaler.get_scale() < scale)
+            skipped = scaler._scale < scale
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        return loss.detach()
+        return loss.detach(), skipped
 
     def _log_row(
         self,
-        loss: float,
+        row_account: RowAccount,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         scaler: torch.amp.GradScaler,
         state: LoopState,
         bar: tqdm,
     ) -> None:
-        """A history row: the mean loss since the last one, checked to be finite, and the lr."""
-        if not math.isfinite(loss):
+        """A history row: the mean loss since the last one and the lr; under fp16 the loss scale (read
+        once a row) and the skipped steps so far. A non-finite loss ends the run, except under fp16:
+        there the scale skips such steps (a row of skipped steps has a nan loss), and the run ends when
+        the scale has collapsed, which a diverged model reaches within about 30 steps."""
+        loss = row_account.loss
+        state.skipped_steps += row_account.skipped
+        if not scaler.is_enabled():
+            scale = None
+            if row_account.non_finite:
+                raise TrainingDiverged(
+                    f"the training loss became inf or NaN by step {state.step} (epoch {state.epoch}); "
+                    "lower trainer.lr or set trainer.clip_grad_norm"
+                )
+        elif (scale := scaler.get_scale()) < MIN_LOSS_SCALE:
             raise TrainingDiverged(
-                f"the training loss became {loss} by step {state.step} (epoch {state.epoch}); "
-                "lower trainer.lr or set trainer.clip_grad_norm"
+                f"the fp16 loss scale fell to {scale:g} by step {state.step} (epoch {state.epoch}): every "
+                "step met inf or NaN gradients. Lower trainer.lr, set trainer.clip_grad_norm, or train "
+                "in bf16 or fp32 (trainer.precision)"
             )
         row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": scheduler.get_last_lr()[0]}
-        if scaler.is_enabled():
-            row.update(loss_scale=scaler.get_scale(), skipped_steps=state.skipped_steps)
+        if scale is not None:
+            row.update(loss_scale=scale, skipped_steps=state.skipped_steps)
         state.history.append(row)
         self.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "epoch")}, state.step)
         bar.set_postfix(epoch=state.epoch, loss=f"{loss:.4f}")
@@ -444,7 +504,3 @@ class Trainer:
                 evaluator.update(predictions, targets)  # on the CPU: an evaluator moves what it needs
                 self.eval_throughput.images += len(images)
         return evaluator.compute()
-
-    def _barrier(self) -> None:
-        if self.info.distributed:
-            dist.barrier()
