@@ -115,6 +115,18 @@ def test_no_forward_runs_with_last_steps_gradients_alive(tmp_path: Path) -> None
     assert model.stale_gradients == [False, False, False]
 
 
+def test_no_step_with_a_val_split_scores_the_untrained_model(tmp_path: Path) -> None:
+    """`trainer.max_steps=0` (an untrained baseline): nothing was selected on val, so the reported
+    model is the untrained one, not a best checkpoint that was never written."""
+    split = TensorDataset(torch.randn(4, 4), torch.randn(4))
+    data = TaskData(split, split, split, 1, ["y"], "val")
+    cfg = TrainerConfig(max_steps=0, epochs=1, progress=False)
+    trainer = Trainer(cfg, DataConfig(batch_size=2), DistInfo(0, 1, CPU), tmp_path)
+    model = Regression()
+    result = trainer.fit(model, data, Nothing(), "none")
+    assert result.steps == 0 and model.steps == 0 and result.selected_metrics == result.last_metrics
+
+
 # ---------------------------------------------------------------------------------------------
 # Several processes
 

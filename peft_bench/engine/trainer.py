@@ -361,7 +361,8 @@ class Trainer:
         selected_metrics = None
         if val_loader is not None:
             selected_metrics = last_metrics
-            if state.best_step != state.step:  # the model ends as the selected one
+            # the model ends as the selected one; none was selected when no step was taken (max_steps=0)
+            if state.best_step not in (None, state.step):
                 best_state = torch.load(best_path, map_location=self.device, weights_only=True)
                 load_trainable_state(model, best_state)
                 selected_metrics = self.evaluate(model, test_loader, evaluator)
