@@ -155,24 +155,28 @@ def test_a_run_folder_that_one_process_cannot_see_is_refused(tmp_path: Path) -> 
     assert "rank 0 (" not in rank_1 and "same path" in rank_1
 
 
-def test_the_launch_is_read_from_torchrun_then_slurm() -> None:
+def test_the_launch_is_read_from_torchrun_then_a_slurm_step() -> None:
     torchrun = {"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
     assert launch_from_environment(torchrun) == Launch(5, 8, 1, 4)
     assert launch_from_environment({}) == Launch()
-    assert launch_from_environment({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) == Launch()
-    slurm = {
+    job = {
         "SLURM_NTASKS": "8",
-        "SLURM_PROCID": "6",
-        "SLURM_LOCALID": "2",
-        "SLURM_TASKS_PER_NODE": "4(x2)",
+        "SLURM_PROCID": "0",
         "SLURM_JOB_NODELIST": "gpu[07-08]",
         "SLURM_JOB_ID": "123456",
-        "SLURM_JOB_NAME": "train",
     }
-    assert launch_from_environment(slurm) == Launch(6, 8, 2, 4)
-    assert slurm["MASTER_ADDR"] == "gpu07" and slurm["MASTER_PORT"] == str(15000 + 3456)
-    with pytest.raises(UserError, match="interactive SLURM allocation of 8 tasks"):
-        launch_from_environment({**slurm, "SLURM_JOB_NAME": "bash"})
+    assert launch_from_environment(dict(job)) == Launch()  # the batch script itself: no step, one run
+    step = {
+        **job,
+        "SLURM_STEP_NUM_TASKS": "8",
+        "SLURM_PROCID": "6",
+        "SLURM_LOCALID": "2",
+        "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+        "SLURM_STEP_NODELIST": "gpu[07-08]",
+    }
+    assert launch_from_environment(step) == Launch(6, 8, 2, 4)
+    assert step["MASTER_ADDR"] == "gpu07" and step["MASTER_PORT"] == str(15000 + 3456)
+    assert launch_from_environment({**step, "SLURM_STEP_NUM_TASKS": "1"}) == Launch()  # srun --pty bash
 
 
 @pytest.mark.parametrize(

@@ -79,9 +79,10 @@ def slurm_root_node(nodelist: str) -> str:
 
 
 def launch_from_environment(environ: dict[str, str] | os._Environ = os.environ) -> Launch:
-    """torchrun's variables where they are set; else, in a SLURM step of several tasks (srun), SLURM's,
-    with the main address and port that torchrun would have been given derived from the job (as
-    Lightning and submitit do) and exported for `init_process_group`; else one process."""
+    """torchrun's variables where they are set; else, in a SLURM step of several tasks (each task an
+    srun process), SLURM's, with the main address and port that torchrun would have been given derived
+    from the job (as Lightning and submitit do) and exported for `init_process_group`; else one
+    process. A batch script or an allocation's shell is no step: a process started there is one run."""
     if "WORLD_SIZE" in environ:
         world_size = int(environ["WORLD_SIZE"])
         return Launch(
@@ -90,20 +91,15 @@ def launch_from_environment(environ: dict[str, str] | os._Environ = os.environ) 
             int(environ.get("LOCAL_RANK", "0")),
             int(environ.get("LOCAL_WORLD_SIZE", str(world_size))),
         )
-    tasks = int(environ.get("SLURM_NTASKS", "1"))
-    if tasks <= 1 or "SLURM_PROCID" not in environ:
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    if tasks <= 1:
         return Launch()
-    if environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
-        raise UserError(
-            f"This is an interactive SLURM allocation of {tasks} tasks, but one process was started "
-            "directly. Launch every task with `srun python -m peft_bench ...` (each becomes a rank), or "
-            "run torchrun inside the allocation."
-        )
     environ.setdefault(
-        "MASTER_ADDR", slurm_root_node(environ.get("SLURM_JOB_NODELIST") or environ["SLURM_NODELIST"])
+        "MASTER_ADDR", slurm_root_node(environ.get("SLURM_STEP_NODELIST") or environ["SLURM_JOB_NODELIST"])
     )
     environ.setdefault("MASTER_PORT", str(15000 + int(environ["SLURM_JOB_ID"][-4:])))
-    local_tasks = int(re.match(r"\d+", environ.get("SLURM_TASKS_PER_NODE", "1")).group())
+    per_node = environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE", "1")
+    local_tasks = int(re.match(r"\d+", per_node).group())
     return Launch(int(environ["SLURM_PROCID"]), tasks, int(environ.get("SLURM_LOCALID", "0")), local_tasks)
 
 
