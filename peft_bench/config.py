@@ -183,6 +183,9 @@ class DataConfig:
     val_size: int | None = None
     test_size: int | None = None
     normalization: Normalization = Normalization.imagenet  # classification inputs
+    # VOC detection: train on VOC2007 trainval alone, deliberately (the paper's runs train on
+    # VOC2007 + VOC2012, and `protocol=paper` refuses a devkit without VOC2012 unless this is set).
+    voc2007_only: bool = False
 
 
 @dataclass

@@ -4,6 +4,7 @@ RetinaNet model under every method, and a run through the command line."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -194,8 +195,25 @@ def test_voc_splits_and_selection(voc_root: Path) -> None:
     reference = build_data(voc_config(voc_root, selection_split="test"))
     assert ids(reference.train) == TRAINVAL and reference.val is reference.test
     assert reference.selection.startswith("test:")
-    paper = build_data(voc_config(voc_root, selection_split="none"))
+    paper = build_data(voc_config(voc_root, selection_split="none", voc2007_only=True))
     assert ids(paper.train) == TRAINVAL and paper.val is None
+    assert "VOC2007 trainval only (data.voc2007_only=true" in paper.selection
+
+
+def test_the_papers_voc_protocol_needs_voc2012_unless_told_otherwise(voc_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError) as error:
+        build_data(voc_config(voc_root, selection_split="none"))
+    message = str(error.value)
+    assert f"no VOC2012 at {voc_root / 'VOCdevkit' / 'VOC2012'}" in message
+    assert "data.voc2007_only=true" in message
+    # With VOC2012 beside it, both years train, unless VOC2007 alone is asked for.
+    devkit = tmp_path / "VOCdevkit"
+    shutil.copytree(voc_root / "VOCdevkit" / "VOC2007", devkit / "VOC2007")
+    shutil.copytree(voc_root / "VOCdevkit" / "VOC2007", devkit / "VOC2012")
+    both = build_data(voc_config(tmp_path, selection_split="none"))
+    assert ids(both.train) == TRAINVAL * 2 and "trained on VOC2007+2012 trainval;" in both.selection
+    alone = build_data(voc_config(tmp_path, selection_split="none", voc2007_only=True))
+    assert ids(alone.train) == TRAINVAL
 
 
 def test_voc_targets(voc_root: Path) -> None:
@@ -371,11 +389,13 @@ def test_cli_run_on_voc_records_ap50(voc_root: Path, results_dir: Path) -> None:
         "head.max_size=64",
         "head.fpn_channels=32",
         "data.eval_batch_size=2",
+        "data.voc2007_only=true",  # the fixture has no VOC2012, which the paper's protocol needs
         results_dir=results_dir,
     )
     assert result.returncode == 0, result.stderr
     [record] = records(results_dir)
     assert record["status"] == "completed" and record["task"] == "detection" and record["steps"] == 2
+    assert "VOC2007 trainval only" in record["best"]["split"]
     assert set(record["metrics"]) == {"ap50"} and 0.0 <= record["metrics"]["ap50"] <= 100.0
     # dataset=voc brings the paper's protocol: all of trainval trains, the last checkpoint is reported
     assert record["protocol"] == "paper" and record["best"]["split"].startswith("none (no model selection)")

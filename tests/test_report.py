@@ -196,6 +196,7 @@ def test_table1_delta_to_full(store: Path) -> None:
     text = markdown(table)
     assert "53.50 ± 0.71 (n=2) [53.40] | +1.50 [+1.00] | 46.25 ± 0.35 (n=2) [46.00] | +1.25 [+0.90] |" in text
     assert text.index("Params (M)") < text.index("COCO AP_box") < text.index("Δ COCO AP_box")
+    assert table.caption.startswith("Table 1 (preset table1, method=full,mona).")  # what every cell had
 
 
 def test_figure5_written_with_missing_methods_named(store: Path, tmp_path: Path) -> None:
@@ -280,7 +281,9 @@ def cost_store(results: Path, full_device: str) -> Path:
 def test_cost_table_compares_to_full_on_the_same_device_only(tmp_path: Path) -> None:
     same = build_cost_table("1", load_runs(cost_store(tmp_path / "a", "gpu A")), overrides=TABLE1_OVERRIDES)
     entries = same.entries.set_index(["row", "column"])
-    assert same.name == "cost1" and "Cost of table 1's cells" in same.caption
+    assert (
+        same.name == "cost1" and "Cost of table 1's cells (preset table1, method=full,mona)" in same.caption
+    )
     assert entries.loc[("Mona", "COCO Step (s)"), ["ours", "n", "device"]].tolist() == [
         pytest.approx(1.2),
         2,

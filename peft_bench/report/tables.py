@@ -102,6 +102,7 @@ class Table:
     description: str = ""  # what the table shows; "" for Tables 1-5 and ext, whose text is CAPTIONS'
     published: str = "the paper's value"  # what the bracketed values are, for the legend
     stats: StatsOptions | None = None  # what its intervals and marks are; None: the paper's layout
+    overrides: tuple[str, ...] = ()  # composed into every cell (`override=`): the caption names them
 
     @property
     def name(self) -> str:
@@ -119,12 +120,13 @@ class Table:
             protocol = f"Protocol {self.protocols[0]}: {PROTOCOL_MEANING[self.protocols[0]]}."
         else:
             protocol = "The cells' protocols differ: each cell names its own."
+        preset = f"preset {self.preset}" + "".join(f", {override}" for override in self.overrides)
         if self.kind == "cost":
-            return f"Cost of table {self.target}'s cells (preset {self.preset}). {COST_CAPTION}. {protocol}"
+            return f"Cost of table {self.target}'s cells ({preset}). {COST_CAPTION}. {protocol}"
         description = self.description or CAPTIONS[self.target]
         if self.kind == "ranks":
             return f"Ranks over the datasets of {self.preset}. {description}. {protocol}"
-        return f"Table {self.target} (preset {self.preset}). {description}. {protocol}"
+        return f"Table {self.target} ({preset}). {description}. {protocol}"
 
 
 class Entries:
@@ -442,7 +444,9 @@ def build_table(
     entries = Entries(target, runs, PaperValues(chosen.paper_datasets), cost_columns, significance)
     row_name = LAYOUTS[target](entries, chosen.cells(target, overrides))
     stats = None if significance is None else significance.options
-    return Table(target, chosen.preset(target), row_name, entries.frame(), stats=stats)
+    return Table(
+        target, chosen.preset(target), row_name, entries.frame(), stats=stats, overrides=tuple(overrides)
+    )
 
 
 def build_cost_table(
@@ -452,4 +456,6 @@ def build_cost_table(
     chosen = profile(profile_name)
     entries = Entries(target, runs, PaperValues(chosen.paper_datasets))
     row_name = cost_table(entries, chosen.cells(target, overrides))
-    return Table(target, chosen.preset(target), row_name, entries.frame(), kind="cost")
+    return Table(
+        target, chosen.preset(target), row_name, entries.frame(), kind="cost", overrides=tuple(overrides)
+    )

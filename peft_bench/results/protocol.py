@@ -63,6 +63,7 @@ NEUTRAL: dict[str, Any] = {
     "trainer.precision": "fp32",
     "trainer.deterministic": False,
     "data.normalization": "imagenet",
+    "data.voc2007_only": False,
     "tuning.stage": "none",
 }
 
