@@ -286,6 +286,9 @@ class TrainerConfig:
     # CUDA run bit for bit repeatable, and resumable to the same bits; an op without a deterministic
     # kernel then raises, naming itself.
     deterministic: bool = False
+    # TF32 matmuls on Ampere and later GPUs (`torch.backends.cuda.matmul.allow_tf32`; convolutions use
+    # TF32 either way, torch's default): the ADE20K reference's fp32 runs had them (PyTorch 1.8.1).
+    tf32: bool = False
 
 
 @dataclass

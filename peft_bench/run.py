@@ -57,6 +57,12 @@ def set_deterministic(deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
+def set_tf32(tf32: bool) -> None:
+    """`trainer.tf32`: fp32 matmuls in TF32 on Ampere and later GPUs (no effect on the CPU). Set either
+    way, so that a run does not inherit an earlier run's in the same process."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def git_sha() -> str | None:
     try:
         out = subprocess.run(
@@ -131,6 +137,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     if info.device.type == "cuda":  # cuDNN's autotuner pays off where every batch has one shape
         torch.backends.cudnn.benchmark = not head_of(cfg).dense
     set_deterministic(cfg.trainer.deterministic)  # after the autotuner's switch: it may turn it off
+    set_tf32(cfg.trainer.tf32)
     data = build_data(cfg)  # first: a missing dataset fails before any model is built
     if tuning and tuning["stage"] == "tune":  # a grid point is scored on val; test stays unseen
         data = replace(data, test=None)
@@ -164,6 +171,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         "device": device_name(info),
         "precision": Precision(cfg.trainer.precision).value,
         "deterministic": cfg.trainer.deterministic,
+        "tf32": cfg.trainer.tf32,
         "batch": {"global": cfg.data.batch_size, "per_device": per_device, "world_size": info.world_size},
         "wall_s": None,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -159,3 +159,30 @@ def test_a_deterministic_run_trains_with_deterministic_kernels_and_records_it(
     assert seen == [(True, True, ":4096:8"), (False, False, ":4096:8")]
     assert [r["deterministic"] for r in records] == [True, False]
     assert records[0]["run_id"] != records[1]["run_id"]
+
+
+@pytest.fixture
+def tf32_restored() -> Iterator[None]:
+    before = torch.backends.cuda.matmul.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.usefixtures("one_thread", "tf32_restored")
+def test_trainer_tf32_sets_tf32_matmuls_for_its_run_and_records_it(
+    results_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = []
+    fit = Trainer.fit
+
+    def spy(self: Trainer, *args: object) -> object:
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return fit(self, *args)
+
+    monkeypatch.setattr(Trainer, "fit", spy)
+    records = [
+        run(tiny(f"trainer.tf32={on}", "trainer.max_steps=1", f"paths.results_dir={results_dir}"))
+        for on in ("true", "false")
+    ]
+    assert seen == [True, False] and [r["tf32"] for r in records] == [True, False]
+    assert records[0]["run_id"] != records[1]["run_id"]

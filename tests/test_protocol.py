@@ -291,10 +291,16 @@ def test_new_keys_at_their_neutral_values_leave_the_protocol_hash_alone() -> Non
         mmcv = compose(config_name="config", overrides=["trainer.schedule=cosine"])
         paper = compose(config_name="config", overrides=["protocol=paper"])
         deterministic = compose(config_name="config", overrides=["trainer.deterministic=true"])
+        tf32 = compose(config_name="config", overrides=["trainer.tf32=true"])
+        voc2007 = compose(config_name="config", overrides=["data.voc2007_only=true"])
+        ade20k = compose(config_name="config", overrides=["dataset=ade20k"])
     assert "schedule" not in protocol_of(default)["trainer"] and "init" not in protocol_of(default)["head"]
-    assert "deterministic" not in protocol_of(default)["trainer"]
-    hashes = {protocol_hash(cfg) for cfg in (default, mmcv, paper, deterministic)}
-    assert len(hashes) == 4
+    assert not {"deterministic", "tf32"} & set(protocol_of(default)["trainer"])
+    assert "voc2007_only" not in protocol_of(default)["data"]
+    hashes = {protocol_hash(cfg) for cfg in (default, mmcv, paper, deterministic, tf32, voc2007)}
+    assert len(hashes) == 6
+    # The ADE20K reference's fp32 ran its matmuls in TF32 (RTX 3090, PyTorch 1.8.1): its preset too.
+    assert protocol_of(ade20k)["trainer"]["tf32"] is True
 
 
 def test_a_paper_protocol_run_trains_on_everything_and_reports_its_last_checkpoint(results_dir: Path) -> None:

@@ -62,6 +62,7 @@ NEUTRAL: dict[str, Any] = {
     "trainer.power": 1.0,
     "trainer.precision": "fp32",
     "trainer.deterministic": False,
+    "trainer.tf32": False,
     "data.normalization": "imagenet",
     "data.voc2007_only": False,
     "tuning.stage": "none",
