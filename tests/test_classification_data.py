@@ -358,3 +358,24 @@ def test_unset_root_and_unknown_names_are_user_errors() -> None:
     assert "dataset=<name>" in str(error.value)
     with pytest.raises(UserError, match="selection_split"):
         _build("digits", None, selection_split="train")
+
+
+def test_the_papers_datasets_resize_as_mmcls_without_antialiasing() -> None:
+    """mmcls resizes with cv2's bilinear, which samples the image without antialiasing: on a 2-pixel
+    checkerboard shrunk 64 -> 18 px it keeps a pattern that PIL's antialiased resize averages away."""
+    board = ((np.indices((64, 64)).sum(0) // 2) % 2 * 255).astype(np.uint8)
+    image = Image.fromarray(np.stack([board] * 3, axis=-1))
+    ours = classification_transforms(16, train=False, antialias=False)(image)
+    pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float()
+    sampled = torch.nn.functional.interpolate(pixels, size=(18, 18), mode="bilinear", align_corners=False)
+    centre = sampled.round().clamp(0, 255)[0, :, 1:17, 1:17] / 255
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    assert torch.allclose(ours, (centre - mean) / std, atol=1e-5)
+    antialiased = classification_transforms(16, train=False)(image)
+    assert (ours * std).std() > 2 * (antialiased * std).std()  # the pattern survives without antialiasing
+    states = []
+    for antialias in (False, True):  # the same random crop and flip: the same draws either way
+        torch.manual_seed(0)
+        assert classification_transforms(16, train=True, antialias=antialias)(image).shape == (3, 16, 16)
+        states.append(torch.get_rng_state())
+    assert torch.equal(*states)

@@ -102,6 +102,7 @@ class _Source:
     val: Split | None = None  # an official val split; None: hold out part of train
     val_origin: str = ""  # what `val` is, in words
     augment: bool = True  # False: resize only (images too small to crop)
+    antialias: bool = True  # False: resize as mmcls's cv2 backend (the reference's datasets)
 
 
 class _ImageFiles(Dataset):
@@ -134,8 +135,10 @@ class _GreyImages(Dataset):
 def _assemble(cfg: DataConfig, img_size: int, seed: int, source: _Source) -> TaskData:
     """Choose the selection split per `cfg.selection_split` and attach the transforms."""
     if source.augment:
-        train_transform = classification_transforms(img_size, train=True, normalization=cfg.normalization)
-        eval_transform = classification_transforms(img_size, train=False, normalization=cfg.normalization)
+        train_transform, eval_transform = (
+            classification_transforms(img_size, train, cfg.normalization, source.antialias)
+            for train in (True, False)
+        )
     else:
         train_transform = eval_transform = resize_transforms(img_size, cfg.normalization)
     test = Transformed(source.test, eval_transform)
@@ -232,6 +235,7 @@ def _flowers102(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
         splits = {s: _Flowers102(root, split=s, download=cfg.download) for s in ("train", "val", "test")}
     source = _Source(
         name="Flowers102",
+        antialias=False,  # mmcls's cv2 resize
         class_names=list(Flowers102.classes),
         train=_torchvision_split(splits["train"]),
         test=_torchvision_split(splits["test"]),
@@ -252,6 +256,7 @@ def _pets(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
         )
     source = _Source(
         name="Oxford-IIIT Pet",
+        antialias=False,  # mmcls's cv2 resize
         class_names=list(trainval.classes),
         train=_torchvision_split(trainval),
         test=_torchvision_split(test),
@@ -270,6 +275,7 @@ def _voc2007(cfg: DataConfig, img_size: int, seed: int) -> TaskData:
     splits = {s: _voc2007_split(folder, s) for s in ("train", "val", "test")}
     source = _Source(
         name="VOC2007",
+        antialias=False,  # mmcls's cv2 resize
         class_names=list(VOC_CLASSES),
         train=splits["train"],
         test=splits["test"],

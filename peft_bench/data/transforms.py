@@ -1,6 +1,8 @@
 """Image transforms for classification, on PIL images: the reference's augmentation and eval crop
 (mmcls's `RandomResizedCrop` with its defaults and a horizontal flip; `Resize` of the short side
-to 256 and a 224 centre crop), bilinear as mmcls (whose cv2 backend does not antialias).
+to 256 and a 224 centre crop). Resizing is bilinear either as mmcls's cv2 backend does it, without
+antialiasing (the paper's datasets), or as torchvision does on PIL images, antialiased (FGVC, whose
+peers use torchvision, and an image folder).
 
 The last step normalises per `data.normalization`: ImageNet's statistics (the default), mean = std
 = 0.5 (`inception`, inputs in [-1, 1]), or nothing (`none`, inputs in [0, 1]), since VTAB's peers
@@ -8,6 +10,7 @@ differ on it (`docs/protocol.md`)."""
 
 from __future__ import annotations
 
+import torch
 from torchvision import transforms as T
 
 from peft_bench.config import Normalization
@@ -21,15 +24,20 @@ EVAL_CROP_RATIO = 0.875
 
 
 def classification_transforms(
-    img_size: int, train: bool, normalization: Normalization = Normalization.imagenet
+    img_size: int, train: bool, normalization: Normalization = Normalization.imagenet, antialias: bool = True
 ) -> T.Compose:
     """Train: random resized crop (scale 0.08-1, ratio 3/4-4/3, mmcls's and torchvision's defaults)
-    and flip; eval: deterministic resize and centre crop."""
+    and flip; eval: deterministic resize and centre crop. `antialias=False` resizes as mmcls does
+    (cv2's bilinear, which samples without antialiasing), on the image as a uint8 tensor, since PIL
+    always antialiases; the same random draws either way."""
     if train:
-        geometry = [T.RandomResizedCrop(img_size), T.RandomHorizontalFlip()]
+        geometry = [T.RandomResizedCrop(img_size, antialias=antialias), T.RandomHorizontalFlip()]
     else:
-        geometry = [T.Resize(round(img_size / EVAL_CROP_RATIO)), T.CenterCrop(img_size)]
-    return T.Compose([*geometry, *_normalised_tensor(normalization)])
+        geometry = [T.Resize(round(img_size / EVAL_CROP_RATIO), antialias=antialias), T.CenterCrop(img_size)]
+    if antialias:
+        return T.Compose([*geometry, *_normalised_tensor(normalization)])
+    as_uint8, as_float = T.PILToTensor(), T.ConvertImageDtype(torch.float32)
+    return T.Compose([as_uint8, *geometry, as_float, *normalise(normalization)])
 
 
 def resize_transforms(
