@@ -219,6 +219,10 @@ class DetectorHeadConfig(HeadConfig):
 class RetinaNetHeadConfig(DetectorHeadConfig):
     # A ReLU between P6 and P7 (torchvision's); mmdet's FPN has none by default.
     relu_before_extra_convs: bool = True
+    # Test-time candidates as mmdet's RetinaHead: per level the top 1000 anchors by their best class
+    # score, with all their classes; false: torchvision's top 1000 (anchor, class) pairs above the
+    # score threshold.
+    mmdet_candidates: bool = False
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import SMOKE, records, run_cli
 from PIL import Image
+from torchvision.models.detection import RetinaNet
 
 from peft_bench.backbones.swin import build_swin
 from peft_bench.builder import build_data, build_task_model, head_of, task_of
@@ -273,6 +274,25 @@ def micro_backbone(method: str = "full"):
     cls = METHODS[method]
     cls(cls.config_class(name=method)).apply(backbone)
     return backbone
+
+
+def test_mmdet_candidates_are_the_top_anchors_with_every_class() -> None:
+    """Four separate anchors of two classes, 2 candidates per level: mmdet keeps the two anchors of the
+    best top scores with both their classes (above 0.05); torchvision the two best (anchor, class) pairs."""
+    head = RetinaNetHeadConfig(
+        name="retinanet", fpn_channels=32, min_size=[64], max_size=64, mmdet_candidates=True
+    )
+    detector = RetinaNetModel(micro_backbone(), 2, head).detector
+    detector.topk_candidates = 2
+    probabilities = torch.tensor([[0.9, 0.8], [0.85, 0.1], [0.2, 0.7], [0.01, 0.02]])
+    anchors = torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]])
+    outputs = {"cls_logits": [torch.logit(probabilities)[None]], "bbox_regression": [torch.zeros(1, 4, 4)]}
+    [ours] = detector.postprocess_detections(outputs, [[anchors]], [(100, 100)])
+    [torchvisions] = RetinaNet.postprocess_detections(detector, outputs, [[anchors]], [(100, 100)])
+    found = {(int(a), int(c)) for a, c in zip(ours["boxes"][:, 0] // 20, ours["labels"], strict=True)}
+    assert found == {(0, 0), (0, 1), (1, 0), (1, 1)}  # anchors 0 and 1, each class above 0.05
+    assert torch.allclose(ours["scores"], torch.tensor([0.9, 0.85, 0.8, 0.1]))  # by score
+    assert torch.allclose(torchvisions["scores"], torch.tensor([0.9, 0.85]))  # pairs (0, 0) and (1, 0)
 
 
 def test_fpn_takes_p6_from_c5_even_when_widths_agree() -> None:

@@ -6,7 +6,10 @@ P6 computed from C5 and P7 from P6 (mmdet's `add_extra_convs='on_input'`), with 
 as torchvision's or none as mmdet's default (`head.relu_before_extra_convs`). The head is
 torchvision's RetinaNet, whose settings match mmdet's RetinaNet: 3 scales x 3 ratios of anchors
 per level, IoU 0.5 / 0.4 assignment, focal + L1 losses; at test, score > 0.05, the top 1000 per
-level, NMS at 0.5, at most 100 detections per image.
+level, NMS at 0.5, at most 100 detections per image. Which 1000 per level: torchvision keeps the
+(anchor, class) pairs of the highest scores above 0.05; mmdet's `RetinaHead` (`nms_pre=1000`; here
+with `head.mmdet_candidates`) keeps the anchors of the highest best-class scores, each with every
+class score, and thresholds at 0.05 after (`MmdetRetinaNet`).
 
 Labels. Datasets give labels 1..K (0 is torchvision's background id). torchvision's RetinaNet has no
 background class: its sigmoid classifier has `num_classes` outputs, and a box of label l trains
@@ -19,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchvision.models.detection import RetinaNet
+from torchvision.ops import boxes as box_ops
 
 from peft_bench.backbones.base import Backbone
 from peft_bench.config import RetinaNetHeadConfig
@@ -48,6 +52,42 @@ def anchor_generator(base_sizes: list[int]) -> Float32AnchorGenerator:
     return Float32AnchorGenerator(sizes, (RATIOS,) * len(sizes))
 
 
+class MmdetRetinaNet(RetinaNet):
+    """torchvision's RetinaNet with mmdet's test-time candidates: per level, the `topk_candidates`
+    anchors of the highest best-class scores, all their class scores kept; then, over the levels, the
+    (anchor, class) pairs above `score_thresh`, NMS per class and the best `detections_per_img`
+    (mmdet 2.x `AnchorHead._get_bboxes` and `multiclass_nms`)."""
+
+    def postprocess_detections(
+        self,
+        head_outputs: dict[str, list[torch.Tensor]],
+        anchors: list[list[torch.Tensor]],
+        image_shapes: list[tuple[int, int]],
+    ) -> list[dict[str, torch.Tensor]]:
+        detections = []
+        for index, image_shape in enumerate(image_shapes):
+            boxes, scores = [], []
+            levels = zip(
+                head_outputs["cls_logits"], head_outputs["bbox_regression"], anchors[index], strict=True
+            )
+            for logits, regression, level_anchors in levels:
+                level_scores = torch.sigmoid(logits[index])
+                top = (
+                    level_scores.max(dim=1).values.topk(min(self.topk_candidates, len(level_scores))).indices
+                )
+                decoded = self.box_coder.decode_single(regression[index][top], level_anchors[top])
+                boxes.append(box_ops.clip_boxes_to_image(decoded, image_shape))
+                scores.append(level_scores[top])
+            candidate, label = torch.where(torch.cat(scores) > self.score_thresh)
+            image_boxes, image_scores = torch.cat(boxes)[candidate], torch.cat(scores)[candidate, label]
+            keep = box_ops.batched_nms(image_boxes, image_scores, label, self.nms_thresh)
+            keep = keep[: self.detections_per_img]
+            detections.append(
+                {"boxes": image_boxes[keep], "scores": image_scores[keep], "labels": label[keep]}
+            )
+        return detections
+
+
 class RetinaNetModel(TaskModel):
     """The detector; `backbone` and `neck` are views into it (the backbone, its pyramid and the FPN)."""
 
@@ -60,7 +100,8 @@ class RetinaNetModel(TaskModel):
             )
         fpn = retinanet_fpn(backbone, head)
         anchors = anchor_generator(list(head.anchor_sizes or TORCHVISION_ANCHOR_SIZES))
-        self.detector = RetinaNet(
+        detector = MmdetRetinaNet if head.mmdet_candidates else RetinaNet
+        self.detector = detector(
             fpn,
             num_classes=num_classes,
             min_size=tuple(head.min_size),

@@ -52,6 +52,7 @@ NEUTRAL: dict[str, Any] = {
     "head.box_head": "shared2fc",
     "head.mmcv_roi_align": False,
     "head.mmdet_rpn": False,
+    "head.mmdet_candidates": False,
     "trainer.no_decay": ["vectors", "position_tables"],
     "trainer.schedule": "warmup_cosine",
     "trainer.warmup_iters": None,
