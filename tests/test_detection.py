@@ -225,7 +225,7 @@ def test_voc_targets(voc_root: Path) -> None:
         and image.dtype == torch.float32
         and 0 <= image.min() <= image.max() <= 1
     )
-    assert torch.equal(target["boxes"], torch.tensor([[7.0, 7, 32, 32], [39, 3, 60, 20]]))
+    assert torch.equal(target["boxes"], torch.tensor([[7.0, 7, 31, 31], [39, 3, 59, 19]]))  # less 1, as mmdet
     dog, bird = VOC_CLASSES.index("dog") + 1, VOC_CLASSES.index("bird") + 1
     assert torch.equal(target["labels"], torch.tensor([dog, bird]))
     assert torch.equal(target["difficult"], torch.tensor([False, True]))
@@ -234,8 +234,8 @@ def test_voc_targets(voc_root: Path) -> None:
         voc_root / "VOCdevkit/VOC2007/JPEGImages/000001.jpg",
         voc_root / "VOCdevkit/VOC2007/Annotations/000001.xml",
     )
-    unflipped = torch.tensor([[9.0, 7, 40, 30]])  # the difficult cat is left out of training
-    flipped = torch.tensor([[WIDTH - 40.0, 7, WIDTH - 9, 30]])
+    unflipped = torch.tensor([[9.0, 7, 39, 29]])  # the difficult cat is left out of training
+    flipped = torch.tensor([[WIDTH - 39.0, 7, WIDTH - 9, 29]])
     plain, _ = VOCDetectionSplit([record], train=False)[0]
     train = VOCDetectionSplit([record], train=True)
     seen = set()

@@ -7,11 +7,12 @@ it the run would train on 5,011 images instead of 16,551, so it is refused unles
 Under the harness's protocol VOC2012 is optional. Either way the model-selection text of the record
 names the years that trained.
 
-Boxes. VOC names the first and last pixel of a box, 1-based: pixels xmin..xmax cover the continuous
-interval [xmin - 1, xmax]. Targets hold that interval, (xmin - 1, ymin - 1, xmax, ymax), as
-detectron2 converts VOC, so that the plain IoU of `peft_bench.metrics.voc_map` equals the devkit's
-IoU with its +1 widths. (mmdet 2.x subtracts 1 from all four sides and computes plain IoU, which
-makes every box one pixel narrower and shorter than the devkit's.)
+Boxes. VOC names the first and last pixel of a box, 1-based. Targets are those indices less 1 on all
+four sides, (xmin - 1, ymin - 1, xmax - 1, ymax - 1), as the reference's mmdet 2.x `XMLDataset` reads
+them for training and evaluation alike, with plain IoU in its `eval_map` (`peft_bench.metrics.voc_map`).
+That makes every box one pixel narrower and shorter than the continuous interval [xmin - 1, xmax]
+that the devkit's +1 widths (and detectron2's conversion) measure, so AP here is mmdet's, as the
+paper's numbers are.
 
 Difficult objects (`<difficult>1</difficult>`) are left out of the training targets; evaluation
 targets keep them, flagged in a `difficult` bool tensor, for the metric to ignore (the VOC protocol).
@@ -88,7 +89,7 @@ def parse_annotation(image: Path, annotation: Path) -> VOCImage:
             )
         except (TypeError, ValueError) as error:
             raise UserError(f"The VOC annotation {annotation} has an incomplete <bndbox>: {error}.") from None
-        boxes.append((xmin - 1, ymin - 1, xmax, ymax))
+        boxes.append((xmin - 1, ymin - 1, xmax - 1, ymax - 1))  # mmdet's XMLDataset
         labels.append(VOC_CLASSES.index(name) + 1)
         difficult.append((obj.findtext("difficult") or "0").strip() == "1")
     return VOCImage(

@@ -9,8 +9,9 @@ the VOC2007 11-point interpolation (`11points`, mmdet's mode for VOC2007 test) o
 interpolated precision-recall curve (`area`, VOC2010 onwards). The mean skips classes without any
 non-difficult ground truth in the split, as mmdet's `eval_map` does.
 
-Boxes are (x1, y1, x2, y2) in continuous pixel coordinates (`peft_bench.data.voc` converts VOC's
-1-based inclusive pixel indices to them), so plain IoU here equals the devkit's IoU with its +1 widths.
+Boxes are (x1, y1, x2, y2) and IoU is plain (no +1 in widths), as mmdet 2.x's `eval_map` computes it on
+the boxes of its `XMLDataset` (VOC's 1-based pixel indices less 1: `peft_bench.data.voc`); the devkit's
+IoU, with its +1 widths, scores the same boxes a little higher.
 """
 
 from __future__ import annotations
