@@ -223,6 +223,9 @@ class RetinaNetHeadConfig(DetectorHeadConfig):
     # score, with all their classes; false: torchvision's top 1000 (anchor, class) pairs above the
     # score threshold.
     mmdet_candidates: bool = False
+    # Anchors as mmdet's AnchorGenerator: octave scales base * 2^(k/3) exact, base anchors not rounded to
+    # whole pixels; false: torchvision's (sizes truncated to integers, base anchors rounded).
+    mmdet_anchors: bool = False
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from conftest import SMOKE, records, run_cli
 from PIL import Image
 from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.image_list import ImageList
 
 from peft_bench.backbones.swin import build_swin
 from peft_bench.builder import build_data, build_task_model, head_of, task_of
@@ -293,6 +294,29 @@ def test_mmdet_candidates_are_the_top_anchors_with_every_class() -> None:
     assert found == {(0, 0), (0, 1), (1, 0), (1, 1)}  # anchors 0 and 1, each class above 0.05
     assert torch.allclose(ours["scores"], torch.tensor([0.9, 0.85, 0.8, 0.1]))  # by score
     assert torch.allclose(torchvisions["scores"], torch.tensor([0.9, 0.85]))  # pairs (0, 0) and (1, 0)
+
+
+def test_mmdet_anchors_have_exact_octave_sizes_and_are_not_rounded() -> None:
+    """mmdet's RetinaNet anchors (octave_base_scale 4, 3 scales per octave, ratios h/w 0.5, 1, 2): at
+    the first cell of P3, w = 32 * 2^(k/3) / sqrt(r), h = 32 * 2^(k/3) * sqrt(r), centred on (0, 0)."""
+    expected = torch.tensor(
+        [
+            [-w / 2, -h / 2, w / 2, h / 2]
+            for r in (0.5, 1.0, 2.0)
+            for k in range(3)
+            for w, h in [(32 * 2 ** (k / 3) / r**0.5, 32 * 2 ** (k / 3) * r**0.5)]
+        ]
+    )
+    images = torch.rand(1, 3, 64, 64)
+    first_cell = {}
+    for mmdet in (True, False):
+        head = RetinaNetHeadConfig(fpn_channels=32, min_size=[64], max_size=64, mmdet_anchors=mmdet)
+        detector = RetinaNetModel(micro_backbone(), 2, head).detector
+        features = list(detector.backbone(images).values())
+        anchors = detector.anchor_generator(ImageList(images, [(64, 64)]), features)[0]
+        first_cell[mmdet] = anchors[:9]
+    assert torch.allclose(first_cell[True], expected, atol=1e-4)
+    assert (first_cell[False] - expected).abs().max() > 0.3  # torchvision's: truncated sizes, rounded anchors
 
 
 def test_fpn_takes_p6_from_c5_even_when_widths_agree() -> None:

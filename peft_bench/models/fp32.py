@@ -18,6 +18,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.rpn import RPNHead
 
+CPU = torch.device("cpu")
+
 
 class Float32AnchorGenerator(AnchorGenerator):
     """Anchors in float32 whatever the dtype of the feature maps (only their sizes are read)."""
@@ -25,6 +27,25 @@ class Float32AnchorGenerator(AnchorGenerator):
     def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
         sizes = [f.new_empty(f.shape[-2:], dtype=torch.float32) for f in feature_maps]
         return super().forward(image_list, sizes)
+
+
+class MmdetAnchorGenerator(Float32AnchorGenerator):
+    """Anchors as mmdet 2.x's `AnchorGenerator` makes them: each base anchor of width
+    scale / sqrt(ratio) and height scale * sqrt(ratio) centred on its cell's corner, at the exact
+    (float) scale, where torchvision rounds the base anchors to whole pixels."""
+
+    def generate_anchors(
+        self,
+        scales: list[float],
+        aspect_ratios: list[float],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device = CPU,
+    ) -> torch.Tensor:
+        scales_ = torch.as_tensor(scales, dtype=dtype, device=device)
+        heights = torch.sqrt(torch.as_tensor(aspect_ratios, dtype=dtype, device=device))
+        ws = (scales_[None, :] / heights[:, None]).view(-1)
+        hs = (scales_[None, :] * heights[:, None]).view(-1)
+        return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
 
 
 class Float32RetinaNetHead(RetinaNetHead):

@@ -30,7 +30,7 @@ from peft_bench.data.targets import Target
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from peft_bench.engine.contract import TaskModel
 from peft_bench.errors import UserError
-from peft_bench.models.fp32 import Float32AnchorGenerator, Float32RetinaNetHead
+from peft_bench.models.fp32 import Float32AnchorGenerator, Float32RetinaNetHead, MmdetAnchorGenerator
 from peft_bench.models.fpn import BackboneFPN, ExtraLevelsOnInput, PyramidBackbone
 
 FPN_STAGES = (1, 2, 3)
@@ -45,9 +45,13 @@ def retinanet_fpn(backbone: Backbone, head: RetinaNetHeadConfig) -> BackboneFPN:
     return BackboneFPN(body, head.fpn_channels, extra)
 
 
-def anchor_generator(base_sizes: list[int]) -> Float32AnchorGenerator:
+def anchor_generator(base_sizes: list[int], mmdet: bool = False) -> Float32AnchorGenerator:
     """Anchors of sizes base * 2^(0, 1/3, 2/3) and ratios 0.5, 1, 2 per level, as torchvision's default
-    (base sizes 32-512) and mmdet's (octave_base_scale 4, 3 scales per octave) are."""
+    (base sizes 32-512; sizes truncated to integers, base anchors rounded to whole pixels) or, with
+    `mmdet`, as mmdet's (octave_base_scale 4, 3 scales per octave: exact sizes, unrounded anchors)."""
+    if mmdet:
+        sizes = tuple(tuple(s * 2 ** (k / 3) for k in range(3)) for s in base_sizes)
+        return MmdetAnchorGenerator(sizes, (RATIOS,) * len(sizes))
     sizes = tuple(tuple(int(s * 2 ** (k / 3)) for k in range(3)) for s in base_sizes)
     return Float32AnchorGenerator(sizes, (RATIOS,) * len(sizes))
 
@@ -99,7 +103,7 @@ class RetinaNetModel(TaskModel):
                 f"got {list(head.anchor_sizes)}."
             )
         fpn = retinanet_fpn(backbone, head)
-        anchors = anchor_generator(list(head.anchor_sizes or TORCHVISION_ANCHOR_SIZES))
+        anchors = anchor_generator(list(head.anchor_sizes or TORCHVISION_ANCHOR_SIZES), head.mmdet_anchors)
         detector = MmdetRetinaNet if head.mmdet_candidates else RetinaNet
         self.detector = detector(
             fpn,

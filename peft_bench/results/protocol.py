@@ -53,6 +53,7 @@ NEUTRAL: dict[str, Any] = {
     "head.mmcv_roi_align": False,
     "head.mmdet_rpn": False,
     "head.mmdet_candidates": False,
+    "head.mmdet_anchors": False,
     "trainer.no_decay": ["vectors", "position_tables"],
     "trainer.schedule": "warmup_cosine",
     "trainer.warmup_iters": None,
