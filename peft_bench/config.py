@@ -233,7 +233,9 @@ class MaskRCNNHeadConfig(DetectorHeadConfig):
     """Mask R-CNN and Cascade Mask R-CNN."""
 
     box_head: BoxHead = BoxHead.shared2fc  # Cascade Mask R-CNN's box heads
-    mmcv_roi_align: bool = False  # RoIAlign as mmcv's (aligned, adaptive sampling); false: torchvision's
+    # RoIAlign as mmcv's (aligned, adaptive sampling), and the cascade's mask targets as mmdet's (cropped
+    # by it, binarised at 0.5); false: torchvision's.
+    mmcv_roi_align: bool = False
     # The RPN's anchors assigned as mmdet's (border, low-quality IoU); false: torchvision's.
     mmdet_rpn: bool = False
 

@@ -16,6 +16,8 @@ from peft_bench.models.cascade import (
     STAGE_BOX_WEIGHTS,
     ConvFCBoxHead,
     MmcvRoIAlign,
+    mmdet_mask_loss,
+    mmdet_mask_targets,
     mmdet_stages,
     refinement_classes,
 )
@@ -173,3 +175,19 @@ def test_the_convfc_cascade_trains_and_predicts() -> None:
         n = len(prediction["boxes"])
         assert n <= 10 and prediction["masks"].shape == (n, 1, 64, 64)
         assert (prediction["labels"] >= 1).all()
+
+
+def test_mmdet_mask_targets_are_aligned_crops_binarised_at_a_half() -> None:
+    """A RoI over the whole 8x8 image, 8x8 targets: mmcv's aligned RoIAlign samples each pixel's centre,
+    so the target is the mask itself, binary; torchvision's unaligned crop (its `maskrcnn_loss`) is
+    shifted by half a pixel and soft at the edges."""
+    mask = torch.zeros(1, 8, 8)
+    mask[0, 2:6, 1:5] = 1.0
+    roi, matched = torch.tensor([[0.0, 0, 8, 8]]), torch.tensor([0])
+    assert torch.equal(mmdet_mask_targets(mask, roi, matched, 8)[0], mask[0])
+    soft = roi_align(mask[:, None], torch.cat([matched[:, None].float(), roi], 1), (8, 8), 1.0)[:, 0]
+    assert ((soft > 0) & (soft < 1)).any()
+    logits = torch.randn(1, 3, 8, 8)
+    loss = mmdet_mask_loss(logits, [roi], [mask], [torch.tensor([2])], [matched])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[0, 2], mask[0])
+    assert torch.allclose(loss, expected)

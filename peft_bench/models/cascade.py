@@ -29,7 +29,8 @@ Box heads, two kinds (`head.box_head`):
 
 The RoI features come from torchvision's `MultiScaleRoIAlign`, or with `head.mmcv_roi_align` from
 `MmcvRoIAlign`: mmcv's RoIAlign (`aligned=True`, `sampling_ratio=0`) with mmdet's level mapping.
-The mask loss is torchvision's `maskrcnn_loss`.
+The mask loss is torchvision's `maskrcnn_loss`; with mmcv's RoIAlign, mmdet's (`mmdet_mask_loss`), whose
+targets mmcv's RoIAlign crops from the ground-truth masks and binarises at 0.5.
 """
 
 from __future__ import annotations
@@ -154,6 +155,36 @@ class MmcvRoIAlign(MultiScaleRoIAlign):
                 feature.float(), level_rois, self.output_size, 1.0 / stride, sampling_ratio=0, aligned=True
             ).to(pooled.dtype)
         return pooled
+
+
+def mmdet_mask_targets(
+    gt_masks: torch.Tensor, rois: torch.Tensor, matched: torch.Tensor, size: int
+) -> torch.Tensor:
+    """Each RoI's target: its ground-truth mask cropped by mmcv's RoIAlign (aligned, adaptive sampling)
+    and binarised at 0.5, as mmdet 2.x's `BitmapMasks.crop_and_resize`; torchvision's
+    `project_masks_on_boxes` crops without the half-pixel alignment and keeps the soft values."""
+    boxes = torch.cat([matched[:, None].to(rois), rois], dim=1)
+    masks = gt_masks[:, None].to(rois)
+    cropped = roi_align(masks, boxes, (size, size), 1.0, sampling_ratio=0, aligned=True)[:, 0]
+    return (cropped >= 0.5).to(rois.dtype)
+
+
+def mmdet_mask_loss(
+    logits: torch.Tensor, rois: Boxes, gt_masks: Boxes, gt_labels: Boxes, matched: Boxes
+) -> torch.Tensor:
+    """mmdet's mask loss: the mean binary cross-entropy of each positive RoI's mask of its class
+    against `mmdet_mask_targets`."""
+    labels = torch.cat([label[m] for label, m in zip(gt_labels, matched, strict=True)])
+    targets = [
+        mmdet_mask_targets(masks, r, m, logits.shape[-1])
+        for masks, r, m in zip(gt_masks, rois, matched, strict=True)
+    ]
+    targets = torch.cat(targets)
+    if targets.numel() == 0:
+        return logits.sum() * 0
+    return F.binary_cross_entropy_with_logits(
+        logits[torch.arange(len(labels), device=labels.device), labels], targets
+    )
 
 
 class CascadeStage(nn.Module):
@@ -338,14 +369,16 @@ class CascadeRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, torch.Tensor]],
     ) -> torch.Tensor:
-        """torchvision's mask loss of this stage's mask head on this stage's positive RoIs."""
+        """The mask loss of this stage's mask head on this stage's positive RoIs: mmdet's where the RoIs
+        are pooled by mmcv's RoIAlign, else torchvision's."""
         positive = [torch.where(label > 0)[0] for label in labels]
         mask_rois = [r[p] for r, p in zip(rois, positive, strict=True)]
         mask_matched = [m[p] for m, p in zip(matched_idxs, positive, strict=True)]
         logits = self.mask_logits(stage, features, mask_rois, image_shapes)
         gt_masks = [t["masks"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
-        return maskrcnn_loss(logits, mask_rois, gt_masks, gt_labels, mask_matched)
+        loss = mmdet_mask_loss if isinstance(self.mask_roi_pool, MmcvRoIAlign) else maskrcnn_loss
+        return loss(logits, mask_rois, gt_masks, gt_labels, mask_matched)
 
     # ---- shared ------------------------------------------------------------------------------
     def box_outputs(
