@@ -249,6 +249,9 @@ class UperNetHeadConfig(HeadConfig):
     inference: Inference = Inference.whole
     slide_crop: int = 512  # sliding-window inference: window side and stride
     slide_stride: int = 341
+    # BatchNorm statistics over groups of this many images (mmseg's plain BN per GPU, with the per-GPU
+    # batch as the group: `GhostBatchNorm2d`); None: over the whole batch, SyncBN under DDP.
+    norm_group: int | None = None
     # ADE20K's resize scale: the short side (one value) and the cap on the long side (its dataset
     # config sets mmseg's 512 and 2048).
     min_size: list[int] = field(default_factory=lambda: [800])

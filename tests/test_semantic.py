@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import records, run_cli
+from hydra import compose
 from PIL import Image
 from sklearn.metrics import accuracy_score, jaccard_score, recall_score
 from torch import nn
@@ -20,9 +21,11 @@ from peft_bench.config import Config, DataConfig, MethodConfig, UperNetHeadConfi
 from peft_bench.data.ade20k import ADE20K_CLASSES
 from peft_bench.data.base import collate_lists
 from peft_bench.errors import UserError
+from peft_bench.layers.ghost_norm import GhostBatchNorm2d, synchronise_batch_norms
 from peft_bench.methods import METHODS
 from peft_bench.metrics.miou import COUNTS, SegmentationEvaluator, image_counts, segmentation_scores
 from peft_bench.models.segmenter import UperNetSegmenter, slide_inference, slide_windows
+from peft_bench.plugins import config_session
 from peft_bench.results.outcomes import read_outcomes
 from peft_bench.tasks import TASKS
 
@@ -279,3 +282,51 @@ def test_shapes_seg_keeps_the_background_as_a_class() -> None:
     images, labels = collate_lists([data.train[i] for i in range(4)])
     assert [tuple(i.shape) for i in images] == [(3, 32, 32)] * 4
     assert all(label.max() <= 10 and (label == 0).any() for label in labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# The head's BatchNorm per method (ADE20K: plain BN per GPU for six of the reference's configs)
+
+
+def test_ghost_batch_norm_normalises_each_group_by_its_own_statistics() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5) * 3 + 1
+    ghost, plain = GhostBatchNorm2d(3, group=2), nn.BatchNorm2d(3)
+    plain.load_state_dict(ghost.state_dict())  # the same keys: checkpoints move between the two
+    with torch.no_grad():
+        ghost.weight.uniform_(0.5, 2), ghost.bias.uniform_(-1, 1)
+        plain.weight.copy_(ghost.weight), plain.bias.copy_(ghost.bias)
+    out = ghost(x)
+    first, second = (
+        plain(x[:2]),
+        nn.functional.batch_norm(x[2:], None, None, plain.weight, plain.bias, True, 0.0, plain.eps),
+    )
+    assert torch.allclose(out, torch.cat([first, second]), atol=1e-6)
+    assert torch.equal(ghost.running_mean, plain.running_mean)  # the first group's, once a step
+    assert torch.equal(ghost.running_var, plain.running_var) and ghost.num_batches_tracked == 1
+    ghost.eval(), plain.eval()
+    assert torch.equal(ghost(x), plain(x))
+
+
+def test_only_plain_batch_norms_become_sync_batch_norms() -> None:
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Sequential(GhostBatchNorm2d(3, 2), nn.BatchNorm1d(2)))
+    synchronise_batch_norms(model)
+    assert [type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__] == [
+        "SyncBatchNorm",
+        "GhostBatchNorm2d",
+        "SyncBatchNorm",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "group"), [("lora", 2), ("normtuning", 2), ("full", None), ("mona", None)]
+)
+def test_ade20k_heads_normalise_as_the_references_config_of_each_method(
+    method: str, group: int | None
+) -> None:
+    with config_session():
+        cfg = compose("config", ["dataset=ade20k", f"method={method}"])
+    assert cfg.head.norm_group == group
+    model = UperNetSegmenter(micro_swin(), 5, channels=16, norm_group=cfg.head.norm_group)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 13 and all(isinstance(m, GhostBatchNorm2d) == (group is not None) for m in norms)

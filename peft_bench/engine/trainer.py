@@ -50,6 +50,7 @@ from peft_bench.engine.precision import autocast, grad_scaler, resolve_precision
 from peft_bench.engine.sample_seeds import EpochKeys, SeededSamples
 from peft_bench.engine.schedules import build_scheduler
 from peft_bench.errors import TrainingDiverged, UserError
+from peft_bench.layers.ghost_norm import synchronise_batch_norms
 from peft_bench.layers.merge import merged
 
 # fairseq's `min_loss_scale`: a dynamic loss scale halved this far has met inf or NaN gradients at
@@ -268,9 +269,10 @@ class Trainer:
         model.to(self.device)
         if self.info.distributed and self.device.type == "cuda":
             # As mmdet and mmseg train their heads: per-GPU batches of 1-2 images leave BatchNorm's
-            # batch statistics noisy, and undefined on UperNet's 1x1 pooled map. (CUDA only:
-            # SyncBatchNorm has no CPU kernels.) The parameters and state-dict keys stay the same.
-            nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # batch statistics noisy, and undefined on UperNet's 1x1 pooled map (a head that asks for
+            # per-group statistics keeps them: `GhostBatchNorm2d`). (CUDA only: SyncBatchNorm has no
+            # CPU kernels.) The parameters and state-dict keys stay the same.
+            synchronise_batch_norms(model)
         if cfg.compile:
             compile_in_place(model, cfg.compile_backend)
         train_loader = self._train_loader(data.train, data.collate_fn)

@@ -95,13 +95,16 @@ class UperNetSegmenter(TaskModel):
         inference: Inference = Inference.whole,
         slide_crop: int = 512,
         slide_stride: int = 341,
+        norm_group: int | None = None,
     ) -> None:
         super().__init__()
         self.body = PyramidBackbone(backbone, (0, 1, 2, 3))
-        self.decoder = UperNetDecoder(self.body.in_channels, channels)
+        self.decoder = UperNetDecoder(self.body.in_channels, channels, norm_group=norm_group)
         self.classifier = classifier(channels, num_classes)
         in_aux = self.body.in_channels[AUX_STAGE]
-        self.aux_head = FCNHead(in_aux, AUX_CHANNELS, num_classes) if aux_weight > 0 else None
+        self.aux_head = (
+            FCNHead(in_aux, AUX_CHANNELS, num_classes, norm_group=norm_group) if aux_weight > 0 else None
+        )
         self.aux_weight = aux_weight
         self.inference = inference
         self.slide_crop = slide_crop

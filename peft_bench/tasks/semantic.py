@@ -37,6 +37,7 @@ def upernet_head(backbone: Backbone, num_classes: int, cfg: Config) -> UperNetSe
         inference=head.inference,
         slide_crop=head.slide_crop,
         slide_stride=head.slide_stride,
+        norm_group=head.norm_group,
     )
 
 
