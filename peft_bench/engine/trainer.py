@@ -70,40 +70,39 @@ class RowAccount:
 
 class StepAccount:
     """The steps since the last history row, kept on the device: the sum of their finite losses,
-    their count of finite losses and of steps the loss scale skipped. Reading them is a host sync,
+    their count of finite losses and of steps the loss scale skipped. Reading them is one host sync,
     which happens once a row (`trainer.log_every`), not once a step."""
 
     def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(2, device=device)  # finite losses, finite steps
-        self.skipped = torch.zeros((), device=device)
+        self.sums = torch.zeros(3, device=device)  # finite losses, finite steps, skipped steps
         self.steps = 0
 
     def add(self, loss: torch.Tensor, skipped: torch.Tensor | None) -> None:
         loss = loss.float()
         finite = torch.isfinite(loss)
-        self.sums += torch.stack([torch.where(finite, loss, 0.0), finite.float()])
+        self.sums[:2] += torch.stack([torch.where(finite, loss, 0.0), finite.float()])
         if skipped is not None:
-            self.skipped += skipped
+            self.sums[2] += skipped
         self.steps += 1
 
     def take_skipped(self) -> int:
         """The steps skipped since the last take; every process skips the same ones (DDP gives each
         the same gradients), so this process's count is the run's."""
-        skipped = int(self.skipped.item())
-        self.skipped.zero_()
+        skipped = int(self.sums[2].item())
+        self.sums[2] = 0
         return skipped
 
     def read(self, info: DistInfo) -> RowAccount:
         """The row's account over the steps and the processes; then it starts again."""
         sums = self.sums
         if info.distributed:
-            sums = sums.clone()
             dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-        loss, finite = torch.stack([sums[0] / sums[1], sums[1]]).tolist()  # 0 / 0: nan
+        values = torch.stack([sums[0] / sums[1], sums[1], sums[2] / info.world_size])  # 0 / 0: nan
+        loss, finite, skipped = values.tolist()
         steps = self.steps * info.world_size
         self.sums.zero_()
         self.steps = 0
-        return RowAccount(loss, steps - int(finite), self.take_skipped())
+        return RowAccount(loss, steps - round(finite), round(skipped))
 
 
 @dataclass
