@@ -23,15 +23,16 @@ METHODS = ("ssf", "dora")
 # Trainable tensors per block of width m: SSF's scale and shift after norm1 (m), qkv (3m), proj (m),
 # norm2 (m), fc1 (4m) and fc2 (m); DoRA's LoRA pairs on q and v (4rm) and their magnitudes (2m).
 PER_BLOCK = {"ssf": lambda m: 2 * (m + 3 * m + m + m + 4 * m + m), "dora": lambda m: 4 * N * m + 2 * m}
-SWIN_B_COUNTS = {"ssf": 274_432, "dora": 3_104_256}
+SWIN_B_COUNTS = {"ssf": 267_264, "dora": 3_104_256}
 
 
-def ssf_outside_blocks(embed: int, dense_norms: tuple[int, ...] | None = None) -> int:
-    """SSF's scale and shift outside the blocks: patch-embed conv and norm (C each), the mergings'
-    norms (4m for m = C, 2C, 4C), and the final norm (8C) or the given stages' output norms."""
+def ssf_outside_blocks(embed: int, dense_norms: tuple[int, ...] | None = None, mergings: bool = False) -> int:
+    """SSF's scale and shift outside the blocks: patch-embed conv and norm (C each), with `mergings`
+    the mergings' norms (4m for m = C, 2C, 4C; not on Swin by default, as SSF's code runs), and the
+    final norm (8C) or the given stages' output norms."""
     widths = [embed * 2**s for s in range(4)]
     norms = [widths[-1]] if dense_norms is None else [widths[s] for s in dense_norms]
-    return 2 * (2 * embed + sum(4 * m for m in widths[:3]) + sum(norms))
+    return 2 * (2 * embed + mergings * sum(4 * m for m in widths[:3]) + sum(norms))
 
 
 def formula_count(method: str, embed: int, depths: tuple[int, ...]) -> int:
@@ -54,6 +55,15 @@ def test_micro_counts(name: str) -> None:
     assert trainable_count(applied(micro(), name)) == formula_count(name, 32, (2, 2, 2, 2))
 
 
+def test_ssf_after_the_mergings_on_request() -> None:
+    """`after_transitions=True` adds SSF's intended scale and shift after each merging's norm:
+    Swin-B 274,432, as before the reference's placement was followed."""
+    with torch.device("meta"):
+        backbone = applied(build_swin("swin_b"), "ssf", after_transitions=True)
+    without = formula_count("ssf", *ARCHS["swin_b"]) - ssf_outside_blocks(128)
+    assert trainable_count(backbone) == without + ssf_outside_blocks(128, mergings=True) == 274_432
+
+
 def test_ssf_on_a_detection_backbone_counts_the_output_norms_it_trains() -> None:
     """RetinaNet's backbone: four output norms, stage 0's frozen by the builder with its SSF."""
     with config_session():
@@ -72,14 +82,15 @@ def wrappers(backbone: nn.Module, kind: type[nn.Module]) -> dict[str, nn.Module]
 
 
 def test_ssf_placement_follows_the_reference() -> None:
-    """Written out from the reference `swin_transformer.py`: patch embedding (after the conv and
-    after its norm), every block's norm1, qkv, proj, norm2, fc1, fc2, each patch merging's norm
-    (not its reduction), and the final norm."""
+    """Written out from the reference `swin_transformer.py` as it runs: patch embedding (after the
+    conv and after its norm), every block's norm1, qkv, proj, norm2, fc1, fc2, and the final norm;
+    no patch merging's norm (its `tuning_mode` is a list there, never 'ssf'), unless asked for."""
     expected = {"patch_embed.proj", "patch_embed.norm", "norm"}
-    expected |= {f"layers.{s}.downsample.norm" for s in (1, 2, 3)}
     expected |= {f"layers.{s}.blocks.{b}.{t}" for s in range(4) for b in range(2) for t in SSF_BLOCK}
     wrapped = wrappers(applied(micro(), "ssf"), ScaleShift)
     assert set(wrapped) == expected
+    mergings = {f"layers.{s}.downsample.norm" for s in (1, 2, 3)}
+    assert set(wrappers(applied(micro(), "ssf", after_transitions=True), ScaleShift)) == expected | mergings
     assert isinstance(wrapped["patch_embed.proj"], SSFConv2d)
     assert isinstance(wrapped["norm"], SSFLayerNorm) and isinstance(
         wrapped["layers.1.blocks.0.mlp.fc1"], SSFLinear

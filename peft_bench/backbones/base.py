@@ -138,6 +138,9 @@ class Backbone(nn.Module, ABC):
     # Where the family's reference VPT-deep code joins its prompts: after norm1 (True), or with the
     # tokens, normed by norm1 (False: VPT's own code). `method=vpt` follows it unless told otherwise.
     prompts_after_norm: ClassVar[bool] = False
+    # Whether the family's reference SSF code scales and shifts the output of each transition between
+    # stages (`outer_layers(stage)`); `method=ssf` follows it unless told otherwise.
+    ssf_after_transitions: ClassVar[bool] = True
 
     stage_dims: tuple[int, ...]
     patch_size: tuple[int, int]

@@ -213,6 +213,9 @@ class SwinBackbone(Backbone):
     stage in the dense layout (levels 0-3 are the stages)."""
 
     prompts_after_norm = True  # the Mona authors' Swin VPT joins its prompts after norm1
+    # SSF's Swin passes PatchMerging the per-block list of tuning modes, so its `tuning_mode == 'ssf'`
+    # is never true (`dongzelian/SSF` models/swin_transformer.py 397, 421, 477): no SSF there.
+    ssf_after_transitions = False
 
     def __init__(self, name: str, spec: SwinSpec, body: nn.Module) -> None:
         super().__init__(name)

@@ -20,6 +20,9 @@ class SSFConfig(MethodConfig):
     # Scales start at N(1, std^2) and shifts at N(0, std^2), as the reference code (std 0.02);
     # 0 starts every SSF at the identity.
     init_std: float = 0.02
+    # An SSF after each transition between stages (a patch merging's norm): None follows the
+    # family's reference code (`Backbone.ssf_after_transitions`), True / False force it.
+    after_transitions: bool | None = None
 
 
 class ScaleShift(Mergeable, nn.Module):
@@ -111,15 +114,16 @@ def scale_shift(module: nn.Module, std: float) -> ScaleShift:
     raise TypeError(f"SSF wraps a Linear, Conv2d or LayerNorm, not {type(module).__name__}")
 
 
-def ssf_targets(backbone: Backbone) -> Iterator[str]:
-    """The modules the reference code follows with an SSF, by name, in forward order: the patch
-    embedding's conv and norm, the norm of each transition between stages (a patch merging's, not
-    its bias-free reduction: `Backbone.outer_layers`), in every block norm1, qkv, proj, norm2, fc1
-    and fc2, and the output norm(s)."""
+def ssf_targets(backbone: Backbone, after_transitions: bool) -> Iterator[str]:
+    """The modules followed by an SSF, by name, in forward order: the patch embedding's conv and
+    norm, with `after_transitions` the norm of each transition between stages (a patch merging's,
+    not its bias-free reduction: `Backbone.outer_layers`), in every block norm1, qkv, proj, norm2,
+    fc1 and fc2, and the output norm(s)."""
     yield from backbone.outer_layers(None)
     blocks = backbone.transformer_blocks()
     for stage in range(len(backbone.stage_dims)):
-        yield from backbone.outer_layers(stage)
+        if after_transitions:
+            yield from backbone.outer_layers(stage)
         for block in (b for b in blocks if b.stage == stage):
             yield from (block.part_name(part) for part in Part)
     yield from backbone.head_norms()
@@ -130,7 +134,8 @@ class SSF(Method):
     """Scale and shift the features after the frozen backbone's linear maps, patch conv and norms.
 
     Placement (`ssf_targets`) and init (N(1, 0.02) scales, N(0, 0.02) shifts) as the reference
-    code; per block 22m. Every SSF can be merged into the module it follows (`ScaleShift.merge`).
+    code runs; per block 22m. Every SSF can be merged into the module it follows
+    (`ScaleShift.merge`).
     """
 
     config_class = SSFConfig
@@ -138,7 +143,10 @@ class SSF(Method):
 
     def apply(self, backbone: Backbone) -> None:
         freeze(backbone)
-        for name in list(ssf_targets(backbone)):
+        after_transitions = self.cfg.after_transitions
+        if after_transitions is None:
+            after_transitions = backbone.ssf_after_transitions
+        for name in list(ssf_targets(backbone, after_transitions)):
             parent, _, leaf = name.rpartition(".")
             owner = backbone.get_submodule(parent)
             setattr(owner, leaf, scale_shift(getattr(owner, leaf), self.cfg.init_std))

@@ -46,6 +46,9 @@ NEUTRAL: dict[str, Any] = {
     "backbone.always_partition": False,
     "backbone.fresh_output_norms": False,
     "method.after_norm": None,  # VPT: the family's own placement (the Mona authors' on Swin)
+    # SSF after every transition, as before the key: the default (None, the family's reference
+    # code, none after Swin's mergings) is hashed, so no earlier Swin SSF record passes for it.
+    "method.after_transitions": True,
     "method.prefix_tokens": "convpass",  # Mona: nothing to treat on a backbone without prefix tokens
     "head.init": "trunc_normal",
     "head.relu_before_extra_convs": True,
