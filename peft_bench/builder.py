@@ -18,8 +18,8 @@ from peft_bench.data.base import TaskData
 from peft_bench.engine.contract import TaskModel
 from peft_bench.errors import UserError
 from peft_bench.methods import METHODS, build_method
+from peft_bench.registry import DatasetEntry, Head
 from peft_bench.tasks import DATASETS, HEADS, TASKS, Task
-from peft_bench.tasks.base import DatasetEntry, Head
 
 E = TypeVar("E", DatasetEntry, Head)
 

@@ -2,8 +2,9 @@
 
 Hydra merges the package's configs (`peft_bench/conf`, also `conf/`) over these dataclasses, so a
 misspelt key or a wrong type fails at start-up with the key named. Each method and each head
-registers its own schema (a subclass of `MethodConfig`, `HeadConfig`) when it registers itself;
-`peft_bench.registry.register_configs` stores the run schema and loads them all.
+registers its own schema (a subclass of `MethodConfig`, `HeadConfig`; the package's methods' are in
+`peft_bench.methods.configs`) when it registers itself; `peft_bench.plugins.register_configs`
+stores the run schema and loads them all. None of the package's schemas imports torch.
 """
 
 from __future__ import annotations

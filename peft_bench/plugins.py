@@ -1,10 +1,13 @@
 """What a config is composed from: the package's registered entries and every installed plugin's.
 
-The package's methods, backbones, tasks, datasets and heads register when their modules are
-imported; an installed package adds its own through the entry-point group `peft_bench.plugins`
-(each entry point names a module, imported by `load_plugins` before any config is composed), so
-that `python -m peft_bench`, `peft_bench.params`, `peft_bench.bench` and the reporter all know them.
-`docs/extending.md` shows one end to end.
+The package's methods, backbones, tasks, datasets and heads are registered when `peft_bench.methods`,
+`peft_bench.backbones` and `peft_bench.tasks` are imported, each with its schema and its code by name
+(`peft_bench.registry`): importing them imports no torch, and a chosen entry's module is imported
+when it is built. An installed package adds its own through the entry-point group
+`peft_bench.plugins` (each entry point names a module, imported by `load_plugins` before any config
+is composed; it registers eagerly or lazily, as it chooses), so that `python -m peft_bench`,
+`peft_bench.params`, `peft_bench.bench` and the reporter all know them. `docs/extending.md` shows
+one end to end.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from importlib.metadata import entry_points
 from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
 
-from peft_bench import backbones, methods, tasks  # noqa: F401  (the package's own register on import)
+from peft_bench import backbones, methods, tasks  # noqa: F401  (the package's own register on import, lazily)
 from peft_bench.config import Config
 
 log = logging.getLogger(__name__)

@@ -14,19 +14,18 @@ network, the output norms and `frozen_stages` are written here once, for every f
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
 
 import torch
-from hydra.core.config_store import ConfigStore
 from torch import nn
 
 from peft_bench.config import BackboneConfig
 from peft_bench.errors import UserError
 from peft_bench.layers.slots import BlockSlots, Branches, TokenLayout, slots_of
-from peft_bench.registry import Registry
+from peft_bench.registry import BACKBONES, BackboneEntry, register_backbone  # noqa: F401  (re-exported)
 
 
 class Part(str, Enum):
@@ -336,45 +335,7 @@ class StageLevels(Pyramid):
         return [maps[level] for level in self.levels]
 
 
-# The registry of backbone sizes: `backbone=<name>`.
-
-Builder = Callable[[BackboneConfig, bool, bool], Backbone]  # (config, dynamic_size, pretrained)
-
-
-@dataclass(frozen=True)
-class BackboneEntry:
-    """A registered backbone size: how to build it and what its name promises."""
-
-    name: str
-    label: str  # its name in tables, e.g. "Swin-T", "ViT-B/16"
-    img_size: int  # the native input side
-    build: Builder = field(compare=False)
-    weights: str = "none"  # the default of `backbone.weights` for it
-    # `backbone.weights` names that load pretrained weights through timm's hub, and their timm names.
-    hub: Mapping[str, str] = field(default_factory=dict)
-    # The shipped checkpoints of this size (`backbone.weights=<key>`), e.g. `mini`.
-    shipped: Mapping[str, str] = field(default_factory=dict)
-
-
-BACKBONES: Registry[BackboneEntry] = Registry("backbone", "backbone.name", choose="backbone=<name>")
-
-
-def register_backbone(
-    name: str,
-    *,
-    build: Builder,
-    label: str,
-    img_size: int,
-    weights: str = "none",
-    hub: Mapping[str, str] | None = None,
-    shipped: Mapping[str, str] | None = None,
-) -> BackboneEntry:
-    """Make `backbone=<name>` a backbone, everywhere (the fields are `BackboneEntry`'s): stored with
-    Hydra as the group entry `backbone/<name>`, its default weights set, so it needs no YAML file."""
-    entry = BackboneEntry(name, label, img_size, build, weights, hub or {}, shipped or {})
-    BACKBONES.add(name, entry)
-    ConfigStore.instance().store(group="backbone", name=name, node=BackboneConfig(name=name, weights=weights))
-    return entry
+# The registered sizes (`backbone=<name>`: `peft_bench.registry.BACKBONES`).
 
 
 def backbone_entry(name: str) -> BackboneEntry:

@@ -7,7 +7,8 @@ contract's forward pass (`peft_bench.backbones.base.Backbone`). What is Swin's o
 * window attention on maps of any size as the Swin detection and segmentation code computes it
   (`windowed_attention`: pad to whole windows, *then* shift), and the slots' prefix tokens inside
   every window (`prefixed_windowed_attention`);
-* its sizes (`SWIN_SPECS`), registered as `backbone=<name>`, and their weights (timm's hub, the
+* its sizes (`peft_bench.backbones.sizes.SWIN_SPECS`, registered as `backbone=<name>` by
+  `peft_bench.backbones` with `build` as their builder), and their weights (timm's hub, the
   shipped `mini` checkpoints, and timm, Microsoft and OpenMMLab files: `swin_checkpoints`).
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -37,8 +37,8 @@ from peft_bench.backbones.base import (
     StageLevels,
     Tensors,
     backbone_entry,
-    register_backbone,
 )
+from peft_bench.backbones.sizes import SWIN_SPECS, SwinSpec
 from peft_bench.backbones.swin_checkpoints import load_checkpoint
 from peft_bench.backbones.weights import HubWeights, from_hub, resolve_weights
 from peft_bench.config import BackboneConfig
@@ -46,51 +46,6 @@ from peft_bench.errors import UserError
 from peft_bench.layers.slots import EMPTY_SLOTS, Branches, TokenLayout, prefix_tokens, run_slotted
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SwinSpec:
-    """Architecture of one Swin size, as timm names and builds it."""
-
-    label: str  # its name in tables
-    timm_name: str
-    embed_dim: int
-    depths: tuple[int, ...]
-    num_heads: tuple[int, ...]
-    img_size: int = 224
-    window_size: int = 7
-    hub_tag: str | None = "ms_in22k"  # timm pretrained tag of the paper's ImageNet-22k weights
-
-    @property
-    def stage_dims(self) -> tuple[int, ...]:
-        return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
-
-
-def _cpu_swin(label: str, embed_dim: int) -> SwinSpec:
-    """A Swin for the CPU: 4 stages of 2 blocks (so shifted windows and Partial-1's "last block"
-    exist), 64 px images, window 4, no hub weights."""
-    return SwinSpec(
-        label,
-        "swin_tiny_patch4_window7_224",
-        embed_dim,
-        (2, 2, 2, 2),
-        (1, 2, 4, 8),
-        img_size=64,
-        window_size=4,
-        hub_tag=None,
-    )
-
-
-SWIN_SPECS: dict[str, SwinSpec] = {
-    "swin_t": SwinSpec("Swin-T", "swin_tiny_patch4_window7_224", 96, (2, 2, 6, 2), (3, 6, 12, 24)),
-    "swin_s": SwinSpec("Swin-S", "swin_small_patch4_window7_224", 96, (2, 2, 18, 2), (3, 6, 12, 24)),
-    "swin_b": SwinSpec("Swin-B", "swin_base_patch4_window7_224", 128, (2, 2, 18, 2), (4, 8, 16, 32)),
-    "swin_l": SwinSpec("Swin-L", "swin_large_patch4_window7_224", 192, (2, 2, 18, 2), (6, 12, 24, 48)),
-    # Small Swins that train on a 2-core CPU in minutes (0.57M and 2.3M parameters), pretrained
-    # offline rather than on the hub.
-    "swin_nano": _cpu_swin("Swin-nano", 16),
-    "swin_micro": _cpu_swin("Swin-micro", 32),
-}
 
 
 def swin_spec(name: str) -> SwinSpec:
@@ -313,7 +268,7 @@ def build_swin(
     return SwinBackbone(name, spec, body)
 
 
-def _build(cfg: BackboneConfig, dynamic_size: bool, pretrained: bool) -> SwinBackbone:
+def build(cfg: BackboneConfig, dynamic_size: bool, pretrained: bool) -> SwinBackbone:
     """The registered builder of every Swin size: `cfg.name` built, `cfg.weights` loaded.
 
     The weights value is checked first, so a typo fails before a model is built or a download starts.
@@ -345,13 +300,3 @@ def _build(cfg: BackboneConfig, dynamic_size: bool, pretrained: bool) -> SwinBac
 
 
 KNOWN_SIZES = {name: (spec.embed_dim, spec.depths) for name, spec in SWIN_SPECS.items()}
-for _name, _spec in SWIN_SPECS.items():
-    register_backbone(
-        _name,
-        build=_build,
-        label=_spec.label,
-        img_size=_spec.img_size,
-        weights="in22k" if _spec.hub_tag else "mini",
-        hub={"in22k": f"{_spec.timm_name}.{_spec.hub_tag}"} if _spec.hub_tag else {},
-        shipped={} if _spec.hub_tag else {"mini": f"{_name}-shapes_upstream.safetensors"},
-    )

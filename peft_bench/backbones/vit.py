@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import timm
 import torch
@@ -24,7 +22,8 @@ from timm.layers import LayerNorm2d, global_pool_nlc, resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from peft_bench.backbones.base import Backbone, Block, Pyramid, Tensors, backbone_entry, register_backbone
+from peft_bench.backbones.base import Backbone, Block, Pyramid, Tensors, backbone_entry
+from peft_bench.backbones.sizes import VIT_SPECS, ViTSpec
 from peft_bench.backbones.weights import (
     HubWeights,
     first_line,
@@ -41,50 +40,6 @@ from peft_bench.layers.slots import EMPTY_SLOTS, Branches, TokenLayout, prefix_t
 log = logging.getLogger(__name__)
 
 POOLS = ("token", "avg")  # the pooled features a ViTBackbone supports: the class token, or the patch mean
-
-
-@dataclass(frozen=True)
-class ViTSpec:
-    """One ViT size: the timm model it is, its weights, and any change to timm's architecture."""
-
-    label: str  # its name in tables
-    timm_name: str
-    img_size: int = 224
-    # `backbone.weights` names of the hub weights, and their timm pretrained tags.
-    hub: Mapping[str, str] = field(default_factory=dict)
-    # Architecture arguments over timm's (the embedded sizes); none for a hub model.
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def shipped(self) -> bool:
-        """Whether the size has its own checkpoint shipped instead of hub weights (`mini`)."""
-        return not self.hub
-
-
-def _cpu_vit(label: str, embed_dim: int, num_heads: int) -> ViTSpec:
-    """A ViT for the CPU: 6 blocks, patch 8 on 64 px images (an 8 x 8 grid and a class token)."""
-    overrides = {"embed_dim": embed_dim, "depth": 6, "num_heads": num_heads, "patch_size": 8}
-    return ViTSpec(label, "vit_tiny_patch16_224", img_size=64, overrides=overrides)
-
-
-_IN21K = {"augreg_in21k": "augreg_in21k"}
-VIT_SPECS: dict[str, ViTSpec] = {
-    # ImageNet-21k ViTs: `in21k` is the original Google release that every VTAB-1k table uses
-    # (timm's legacy `vit_base_patch16_224_in21k` now means the AugReg weights, `augreg_in21k`).
-    "vit_t": ViTSpec("ViT-T/16", "vit_tiny_patch16_224", hub=_IN21K),
-    "vit_s": ViTSpec("ViT-S/16", "vit_small_patch16_224", hub=_IN21K),
-    "vit_b": ViTSpec("ViT-B/16", "vit_base_patch16_224", hub={"in21k": "orig_in21k", **_IN21K}),
-    "vit_l": ViTSpec("ViT-L/16", "vit_large_patch16_224", hub={"in21k": "orig_in21k", **_IN21K}),
-    # Self-supervised and language-supervised ViTs, through their timm names (patch 14, registers).
-    "dinov2_s": ViTSpec("DINOv2-S/14", "vit_small_patch14_dinov2", hub={"lvd142m": "lvd142m"}),
-    "dinov2_b": ViTSpec("DINOv2-B/14", "vit_base_patch14_dinov2", hub={"lvd142m": "lvd142m"}),
-    "dinov2_b_reg": ViTSpec("DINOv2-B/14+reg", "vit_base_patch14_reg4_dinov2", hub={"lvd142m": "lvd142m"}),
-    "clip_b16": ViTSpec("CLIP ViT-B/16", "vit_base_patch16_clip_224", hub={"openai": "openai"}),
-    "clip_l14": ViTSpec("CLIP ViT-L/14", "vit_large_patch14_clip_224", hub={"openai": "openai"}),
-    # Small ViTs that train on a 2-core CPU in minutes, pretrained offline rather than on the hub.
-    "vit_nano": _cpu_vit("ViT-nano", 64, 2),
-    "vit_micro": _cpu_vit("ViT-micro", 128, 4),
-}
 
 
 class SimpleFeaturePyramid(Pyramid):
@@ -314,7 +269,7 @@ def load_vit_checkpoint(body: VisionTransformer, path: Path, name: str) -> str:
     return f"timm-format checkpoint {path}"
 
 
-def _build(cfg: BackboneConfig, dynamic_size: bool, pretrained: bool) -> ViTBackbone:
+def build(cfg: BackboneConfig, dynamic_size: bool, pretrained: bool) -> ViTBackbone:
     """The registered builder of every ViT size: `cfg.name` built, `cfg.weights` loaded."""
     if cfg.window_size is not None:
         raise UserError(
@@ -338,15 +293,3 @@ def _build(cfg: BackboneConfig, dynamic_size: bool, pretrained: bool) -> ViTBack
     if checkpoint is None:
         log.info("backbone %s: random init", cfg.name)
     return backbone
-
-
-for _name, _spec in VIT_SPECS.items():
-    register_backbone(
-        _name,
-        build=_build,
-        label=_spec.label,
-        img_size=_spec.img_size,
-        weights="mini" if _spec.shipped else next(iter(_spec.hub)),
-        hub={key: f"{_spec.timm_name}.{tag}" for key, tag in _spec.hub.items()},
-        shipped={"mini": f"{_name}-shapes_upstream.safetensors"} if _spec.shipped else {},
-    )

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from peft_bench.backbones.base import Block
-from peft_bench.config import MethodConfig, MethodInit
+from peft_bench.config import MethodInit
 from peft_bench.layers.bottleneck import REFERENCE_INIT_STD, Bottleneck, Residual, trunc_normal_linears
-from peft_bench.methods.base import BlockInsertion, register_method
+from peft_bench.methods.base import BlockInsertion
+from peft_bench.methods.configs import AdapterConfig
 
 
-@dataclass
-class AdapterConfig(MethodConfig):
-    dim: int = 64  # bottleneck width n
-    dropout: float = 0.1
-    init: MethodInit = MethodInit.reference  # original: Houlsby et al.'s near-identity init
-
-
-@register_method("adapter", label="Adapter")
 class Adapter(BlockInsertion):
     """Houlsby adapters `x + up(drop(gelu(down(x))))` on the attention and MLP branch outputs.
 

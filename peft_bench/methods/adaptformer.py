@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from peft_bench.backbones.base import Block
-from peft_bench.config import MethodConfig, MethodInit
+from peft_bench.config import MethodInit
 from peft_bench.layers.bottleneck import Bottleneck, trunc_normal_linears
-from peft_bench.methods.base import BlockInsertion, register_method
-
-
-@dataclass
-class AdaptFormerConfig(MethodConfig):
-    dim: int = 64  # bottleneck width n
-    dropout: float = 0.1
-    scale: float = 0.1  # the fixed factor on the adapter's output
-    init: MethodInit = MethodInit.reference  # original: AdaptFormer's zero up projection
+from peft_bench.methods.base import BlockInsertion
+from peft_bench.methods.configs import AdaptFormerConfig
 
 
 class Scaled(nn.Module):
@@ -36,7 +27,6 @@ class Scaled(nn.Module):
         return f"scale={self.scale}"
 
 
-@register_method("adaptformer", label="AdaptFormer")
 class AdaptFormer(BlockInsertion):
     """`x = x + drop_path(mlp(norm2(x))) + scale * up(drop(gelu(down(x))))`, no inner residual.
 

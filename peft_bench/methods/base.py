@@ -1,18 +1,16 @@
-"""The contract of a tuning method, and the registry that maps `method=<name>` to it."""
+"""The contract of a tuning method; `method=<name>` chooses one from `METHODS` (`peft_bench.registry`)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import ClassVar
 
 import torch
-from hydra.core.config_store import ConfigStore
 from torch import nn
 
 from peft_bench.backbones.base import Backbone, Block
 from peft_bench.config import MethodConfig
-from peft_bench.registry import Registry
+from peft_bench.registry import METHODS, register_method  # noqa: F401  (register_method: re-exported)
 
 
 class Method(ABC):
@@ -30,32 +28,6 @@ class Method(ABC):
     @abstractmethod
     def apply(self, backbone: Backbone) -> None:
         """Modify `backbone` in place for this method."""
-
-
-METHODS: Registry[type[Method]] = Registry("tuning method", "method")
-
-
-def register_method(
-    name: str, *, config: type[MethodConfig] | None = None, label: str | None = None
-) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: make a method available as `method=<name>`, everywhere.
-
-    `config` is its schema (default: the class's `config_class`), stored with Hydra as
-    `schema/method/<name>` (a YAML file in a `method/` config group can name it in its defaults) and
-    as the group entry `method/<name>` itself, so the method runs with no YAML file at all. `label`
-    is its name in the reporter's tables (default: `name`).
-    """
-
-    def add(cls: type[Method]) -> type[Method]:
-        cls.config_class = config or cls.config_class
-        cls.label = label or name
-        METHODS.add(name, cls)
-        store = ConfigStore.instance()
-        store.store(group="schema/method", name=name, node=cls.config_class)
-        store.store(group="method", name=name, node=cls.config_class(name=name))
-        return cls
-
-    return add
 
 
 def build_method(cfg: MethodConfig) -> Method:

@@ -3,20 +3,14 @@ magnitude; mergeable for inference."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from peft_bench.backbones.base import Block, Part
-from peft_bench.methods.base import BlockInsertion, register_method
-from peft_bench.methods.lora import LoRAConfig, LoRAQKV
-
-
-@dataclass
-class DoRAConfig(LoRAConfig):
-    """LoRA's keys (`rank`, `alpha`) and A, B init; the magnitudes start at the rows' norms."""
+from peft_bench.methods.base import BlockInsertion
+from peft_bench.methods.configs import DoRAConfig
+from peft_bench.methods.lora import LoRAQKV
 
 
 def row_norms(weight: torch.Tensor) -> torch.Tensor:
@@ -55,7 +49,6 @@ class DoRAQKV(LoRAQKV):
         self.weight.copy_(self.dora_weight())
 
 
-@register_method("dora", label="DoRA")
 class DoRA(BlockInsertion):
     """DoRA on q and v of every block's fused qkv projection; k untouched. Per block: 4rm + 2m.
 

@@ -8,22 +8,15 @@ the highway builds a graph, so training memory and time shrink with it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from peft_bench.backbones.base import Backbone, SideNetwork
-from peft_bench.config import MethodConfig
 from peft_bench.layers.bottleneck import Bottleneck, trunc_normal_linears
 from peft_bench.layers.slots import Branches, TokenLayout
-from peft_bench.methods.base import Method, freeze, register_method
-
-
-@dataclass
-class E3VAConfig(MethodConfig):
-    dim: int = 64  # bottleneck width n of each adapter (the paper's is not given: as the other adapters)
-    dropout: float = 0.1  # inside each adapter, as the other adapters here
+from peft_bench.methods.base import Method, freeze
+from peft_bench.methods.configs import E3VAConfig
 
 
 class BlockAdapters(nn.Module):
@@ -95,7 +88,6 @@ class Highway(SideNetwork):
         return leads
 
 
-@register_method("e3va", label="E3VA")
 class E3VA(Method):
     """Freezes the backbone, sets the highway beside it (`Backbone.side`) and trains the norms
     through which the highway reaches the head: the per-stage output norms of a dense backbone, the

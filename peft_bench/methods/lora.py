@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from peft_bench.backbones.base import Block, Part
-from peft_bench.config import MethodConfig
 from peft_bench.layers.merge import Mergeable
-from peft_bench.methods.base import BlockInsertion, register_method
-
-
-@dataclass
-class LoRAConfig(MethodConfig):
-    rank: int = 64  # r
-    alpha: float = 1.0  # the update is scaled by alpha / r, as the reference code
+from peft_bench.methods.base import BlockInsertion
+from peft_bench.methods.configs import LoRAConfig
 
 
 def _low_rank_pair(dim: int, rank: int, like: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
@@ -71,7 +64,6 @@ class LoRAQKV(Mergeable, nn.Linear):
         return f"{super().extra_repr()}, rank={self.a_q.shape[0]}, scale={self.scale}, merged={self.merged}"
 
 
-@register_method("lora", label="LoRA")
 class LoRA(BlockInsertion):
     """Low-rank updates of q and v in every block's fused qkv projection; k untouched. Per block: 4rm.
 

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from peft_bench.backbones.base import Block
-from peft_bench.config import MethodConfig
 from peft_bench.layers.bottleneck import Bottleneck, Residual
-from peft_bench.methods.base import BlockInsertion, register_method
-
-
-@dataclass
-class LoRandConfig(MethodConfig):
-    # alpha: A_i g_i B_i branches per projection. 2 gives the paper's Table 1 count (docs/methods.md);
-    # the authors' code hard-codes 4.
-    branches: int = 2
-    kernel: int = 8  # beta: the side of each g_i, i.e. each branch's rank (the authors' code: 8)
-    factor: int = 2  # bottleneck width n = m // factor, from the block's width m (the authors' FACTOR)
-    # A fixed bottleneck width n for every block instead (64: the other baselines' n); None: m // factor.
-    dim: int | None = None
+from peft_bench.methods.base import BlockInsertion
+from peft_bench.methods.configs import LoRandConfig
 
 
 def _kaiming_per_branch(stack: torch.Tensor) -> None:
@@ -64,7 +52,6 @@ class LoRandLinear(nn.Module):
         return f"in_features={in_features}, out_features={out_features}, branches={branches}, kernel={kernel}"
 
 
-@register_method("lorand", label="LoRand")
 class LoRand(BlockInsertion):
     """LoRand adapters `x + up(gelu(down(x)))` on the attention and MLP branch outputs.
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import torch
@@ -11,37 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from peft_bench.backbones.base import Block
-from peft_bench.config import MethodConfig
 from peft_bench.layers.bottleneck import Bottleneck, trunc_normal_linears
 from peft_bench.layers.slots import SpatialSlot, TokenLayout
-from peft_bench.methods.base import BlockInsertion, register_method
+from peft_bench.methods.base import BlockInsertion
+from peft_bench.methods.configs import MonaConfig, PrefixTokens
 
 KERNEL_SIZES = (3, 5, 7)
-
-
-class PrefixTokens(str, Enum):
-    """How Mona's 2-D filter treats the tokens outside the patch grid (a ViT's class token, registers).
-
-    Mona has no official definition on a ViT; these are this repository's (docs/methods.md).
-    """
-
-    convpass = "convpass"  # each as a 1 x 1 map through the same filters, as Convpass treats the class token
-    bypass = "bypass"  # they skip the depthwise filters (and their bias); the 1x1 conv is per token
-
-
-@dataclass
-class MonaConfig(MethodConfig):
-    dim: int = 64  # bottleneck width n
-    dropout: float = 0.1
-    # The input scales S1, S2 (gamma, gammax). Default: per-channel vectors, as the reference code,
-    # whose counts match the paper's Tables 4 and 5. True: two scalars, as the paper's text and
-    # its formula (2m - 2 fewer parameters per module).
-    scalar_scales: bool = False
-    # Run the three depthwise convs as one 7x7 conv with their merged kernel (same parameters,
-    # gradients and optimiser state as three convs; faster).
-    merged_conv: bool = True
-    # Backbones with prefix tokens (a ViT's class token): how the 2-D filter treats them. Unofficial.
-    prefix_tokens: PrefixTokens = PrefixTokens.convpass
 
 
 class MultiCognitiveFilter(nn.Module):
@@ -204,7 +177,6 @@ def dropout_linear(h: torch.Tensor, linear: nn.Linear, p: float) -> torch.Tensor
     return F.linear(h * keep, linear.weight / (1 - p), linear.bias)
 
 
-@register_method("mona", label="Mona")
 class Mona(BlockInsertion):
     """Two Mona modules per block, on the main stream after each residual add.
 

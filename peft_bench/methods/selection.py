@@ -5,10 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from peft_bench.backbones.base import Backbone
-from peft_bench.methods.base import Method, freeze, register_method
+from peft_bench.methods.base import Method, freeze
 
 
-@register_method("full", label="Full")
 class Full(Method):
     """Every backbone tensor trains."""
 
@@ -17,7 +16,6 @@ class Full(Method):
             p.requires_grad_(True)
 
 
-@register_method("fixed", label="Fixed")
 class Fixed(Method):
     """The backbone is frozen; only the neck and head train."""
 
@@ -25,7 +23,6 @@ class Fixed(Method):
         freeze(backbone)
 
 
-@register_method("bitfit", label="BitFit")
 class BitFit(Method):
     """Every tensor whose name contains `bias`, as the reference code selects them.
 
@@ -38,7 +35,6 @@ class BitFit(Method):
             p.requires_grad_("bias" in name)
 
 
-@register_method("normtuning", label="NormTuning")
 class NormTuning(Method):
     """Every LayerNorm's weight and bias: in blocks, the embedding, between stages and at the output."""
 
@@ -50,7 +46,6 @@ class NormTuning(Method):
                     p.requires_grad_(True)
 
 
-@register_method("partial1", label="Partial-1")
 class Partial1(Method):
     """Only the last block of the last stage trains."""
 

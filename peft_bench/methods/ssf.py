@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from peft_bench.backbones.base import Backbone, Part
-from peft_bench.config import MethodConfig
 from peft_bench.layers.merge import Mergeable
-from peft_bench.methods.base import Method, freeze, register_method
-
-
-@dataclass
-class SSFConfig(MethodConfig):
-    # Scales start at N(1, std^2) and shifts at N(0, std^2), as the reference code (std 0.02);
-    # 0 starts every SSF at the identity.
-    init_std: float = 0.02
-    # An SSF after each transition between stages (a patch merging's norm): None follows the
-    # family's reference code (`Backbone.ssf_after_transitions`), True / False force it.
-    after_transitions: bool | None = None
+from peft_bench.methods.base import Method, freeze
+from peft_bench.methods.configs import SSFConfig
 
 
 class ScaleShift(Mergeable, nn.Module):
@@ -129,7 +118,6 @@ def ssf_targets(backbone: Backbone, after_transitions: bool) -> Iterator[str]:
     yield from backbone.head_norms()
 
 
-@register_method("ssf", label="SSF")
 class SSF(Method):
     """Scale and shift the features after the frozen backbone's linear maps, patch conv and norms.
 

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from peft_bench.backbones.base import Backbone, Block
-from peft_bench.config import MethodConfig
-from peft_bench.methods.base import BlockInsertion, register_method
-
-
-@dataclass
-class VPTConfig(MethodConfig):
-    prompts: int = 49  # prompt tokens per block P (the reference's NUM_PROMPTS, one 7x7 window)
-    # Where the prompts join the attention: after norm1, unnormed (true: the Mona authors' code), or
-    # with the tokens, normed by norm1 (false: VPT's own code). None: as the backbone family's
-    # reference VPT code (`Backbone.prompts_after_norm`).
-    after_norm: bool | None = None
+from peft_bench.methods.base import BlockInsertion
+from peft_bench.methods.configs import VPTConfig
 
 
 def prompt_init_bound(patch_size: tuple[int, int], embed_dim: int) -> float:
@@ -41,7 +31,6 @@ class Prompts(nn.Module):
         return self.tokens
 
 
-@register_method("vpt", label="VPT")
 class VPT(BlockInsertion):
     """VPT-deep: P prompts per block in the slot `attn_prefix`.
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peft_bench.backbones.base import Backbone
-from peft_bench.config import HeadInit
+from peft_bench.config import Config, HeadInit
 from peft_bench.engine.contract import TaskModel
 
 
@@ -34,3 +34,8 @@ class ClassificationModel(TaskModel):
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.predict(images), targets, label_smoothing=self.label_smoothing)
+
+
+def linear_head(backbone: Backbone, num_classes: int, cfg: Config) -> ClassificationModel:
+    """`head=linear` (registered in `peft_bench.tasks`)."""
+    return ClassificationModel(backbone, num_classes, cfg.trainer.label_smoothing, cfg.head.init)

@@ -19,7 +19,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from peft_bench.backbones.base import Backbone
-from peft_bench.config import MaskRCNNHeadConfig
+from peft_bench.config import Config, MaskRCNNHeadConfig
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from peft_bench.engine.contract import TaskModel
 from peft_bench.errors import UserError
@@ -52,6 +52,9 @@ class ProposalBudget:
 
 
 MMDET_BUDGET = ProposalBudget((2000, 1000), (2000, 1000), roi_samples=512, detections=100)
+# The embedded scenes hold 1-3 objects in 128 px: a small budget keeps CPU steps short (the mask
+# heads run on every detection, three times in the cascade).
+BUDGETS = {"shapes_inst": ProposalBudget((256, 256), (128, 100), roi_samples=64, detections=20)}
 
 
 def build_detector(
@@ -150,3 +153,16 @@ class InstanceSegmentationModel(TaskModel):
     def predict(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """torchvision's detections: boxes, labels, scores and masks (N, 1, H, W) of probabilities."""
         return self.detector(images)
+
+
+def mask_rcnn_head(
+    backbone: Backbone, num_classes: int, cfg: Config, cascade: bool = False
+) -> InstanceSegmentationModel:
+    """`head=mask_rcnn` (registered in `peft_bench.tasks`), with the dataset's proposal budget."""
+    budget = BUDGETS.get(cfg.data.name, MMDET_BUDGET)
+    return InstanceSegmentationModel(backbone, num_classes, cfg.head, budget, cascade)
+
+
+def cascade_mask_rcnn_head(backbone: Backbone, num_classes: int, cfg: Config) -> InstanceSegmentationModel:
+    """`head=cascade_mask_rcnn`: Mask R-CNN with the cascade's RoI heads."""
+    return mask_rcnn_head(backbone, num_classes, cfg, cascade=True)

@@ -25,7 +25,7 @@ from torchvision.models.detection import RetinaNet
 from torchvision.ops import boxes as box_ops
 
 from peft_bench.backbones.base import Backbone
-from peft_bench.config import RetinaNetHeadConfig
+from peft_bench.config import Config, RetinaNetHeadConfig
 from peft_bench.data.targets import Target
 from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from peft_bench.engine.contract import TaskModel
@@ -133,3 +133,8 @@ class RetinaNetModel(TaskModel):
     def predict(self, images: list[torch.Tensor]) -> list[Target]:
         """Per image: `boxes` (N, 4) xyxy in input pixels, `scores` (N,), `labels` (N,) in 1..K."""
         return [{**d, "labels": d["labels"] + 1} for d in self.detector(images)]
+
+
+def retinanet_head(backbone: Backbone, num_classes: int, cfg: Config) -> RetinaNetModel:
+    """`head=retinanet` (registered in `peft_bench.tasks`, with `FPN_STAGES`)."""
+    return RetinaNetModel(backbone, num_classes, cfg.head)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peft_bench.backbones.base import Backbone
-from peft_bench.config import Inference
+from peft_bench.config import Config, Inference
 from peft_bench.data.targets import IGNORE_INDEX
 from peft_bench.engine.contract import TaskModel
 from peft_bench.layers.maps import resize
@@ -146,3 +146,18 @@ class UperNetSegmenter(TaskModel):
         else:
             logits = self.logits(batch)
         return [x[:, : image.shape[-2], : image.shape[-1]] for x, image in zip(logits, images, strict=True)]
+
+
+def upernet_head(backbone: Backbone, num_classes: int, cfg: Config) -> UperNetSegmenter:
+    """`head=upernet` (registered in `peft_bench.tasks`)."""
+    head = cfg.head
+    return UperNetSegmenter(
+        backbone,
+        num_classes,
+        channels=head.channels,
+        aux_weight=head.aux_weight,
+        inference=head.inference,
+        slide_crop=head.slide_crop,
+        slide_stride=head.slide_stride,
+        norm_group=head.norm_group,
+    )

@@ -1,84 +1,20 @@
-"""Image classification: pooled backbone features and a linear head; top-1 / top-5 accuracy."""
+"""Image classification's datasets and evaluator (top-1 / top-5 accuracy), registered in
+`peft_bench.tasks`; its head is `peft_bench.models.classifier.linear_head`."""
 
 from __future__ import annotations
 
-from hydra.core.config_store import ConfigStore
+import torch
 
 from peft_bench.backbones import image_size
-from peft_bench.backbones.base import Backbone
-from peft_bench.config import Config, LinearHeadConfig
+from peft_bench.config import Config
 from peft_bench.data.base import TaskData
-from peft_bench.data.classification import CLASSIFICATION_DATASETS, build_classification_data
-from peft_bench.data.suites import SUITES
-from peft_bench.metrics.accuracy import ClassificationEvaluator, accuracy_scores
-from peft_bench.models.classifier import ClassificationModel
-from peft_bench.tasks.base import register_dataset, register_head, register_task
-
-register_task(
-    "classification",
-    main_metric="top1",
-    evaluator=lambda data, device: ClassificationEvaluator(data.num_classes),
-    score=accuracy_scores,
-    per_sample="top1",
-)
+from peft_bench.data.classification import build_classification_data
+from peft_bench.metrics.accuracy import ClassificationEvaluator
 
 
-@register_head("linear", task="classification", config=LinearHeadConfig)
-def linear_head(backbone: Backbone, num_classes: int, cfg: Config) -> ClassificationModel:
-    return ClassificationModel(backbone, num_classes, cfg.trainer.label_smoothing, cfg.head.init)
+def evaluator(data: TaskData, device: torch.device) -> ClassificationEvaluator:
+    return ClassificationEvaluator(data.num_classes)
 
 
 def classification_data(cfg: Config) -> TaskData:
     return build_classification_data(cfg.data, img_size=image_size(cfg.backbone), seed=cfg.data.split_seed)
-
-
-for name in CLASSIFICATION_DATASETS:
-    register_dataset(name, task="classification")(classification_data)
-
-
-# Each suite's task brings its recipe as `dataset=<task>` (the command line wins): the backbone, the
-# trainer, the protocol and the data's root folder and batch (docs/protocol.md, "VTAB-1k and FGVC").
-SUITE_RECIPES = {
-    "vtab": {"backbone": "vit_b", "trainer": "vtab", "root": "vtab-1k", "batch_size": 64},
-    "fgvc": {"backbone": "vit_b", "trainer": "vtab", "root": "fgvc", "batch_size": 64},
-    "vtab_mini": {"backbone": "vit_micro", "trainer": "vtab_mini", "root": None, "batch_size": 32},
-}
-
-
-def _suite_config(suite: str, task: str) -> dict:
-    recipe = SUITE_RECIPES[suite]
-    root = recipe["root"] and f"${{oc.env:PEFT_BENCH_DATA,data}}/{recipe['root']}"
-    return {
-        "defaults": [
-            {"override /backbone": recipe["backbone"]},
-            {"override /trainer": recipe["trainer"]},
-            {"override /protocol": "vtab"},
-            "_self_",
-        ],
-        "data": {"name": task, "task": "classification", "root": root, "batch_size": recipe["batch_size"]},
-    }
-
-
-# The methods' widths and ranks in the VTAB-1k and FGVC tables (NOAH's Table 1 and the peers':
-# docs/methods.md), where ours default to the Swin presets' 64; a `dataset_method` entry per task,
-# so the command line (a tune sweep's `method.rank=1,8,16`) still wins. The embedded suite keeps 64.
-SUITE_METHOD_SETTINGS = {
-    "adapter": {"dim": 8},
-    "adaptformer": {"dim": 8},
-    "lora": {"rank": 8},
-    "dora": {"rank": 8},
-    "mona": {"dim": 8},
-    "e3va": {"dim": 8},
-}
-SUITES_WITH_METHOD_SETTINGS = ("vtab", "fgvc")
-
-
-for _suite in SUITES.values():
-    for _task in _suite.tasks:
-        store = ConfigStore.instance()
-        store.store(
-            group="dataset", name=_task.name, package="_global_", node=_suite_config(_suite.name, _task.name)
-        )
-        if _suite.name in SUITES_WITH_METHOD_SETTINGS:
-            for _method, _setting in SUITE_METHOD_SETTINGS.items():
-                store.store(group="dataset_method", name=f"{_task.name}-{_method}", node={"method": _setting})

@@ -1,4 +1,5 @@
-"""Semantic segmentation: UperNet on the backbone's four pyramid levels (`peft_bench.models.segmenter`); mIoU.
+"""Semantic segmentation's datasets and evaluator (mIoU), registered in `peft_bench.tasks`; its head is
+UperNet on the backbone's four pyramid levels (`peft_bench.models.segmenter.upernet_head`).
 
 Config: for ADE20K, `data.image_size` is the side of the training crops (None: 512) and the resize
 scale is `head.max_size` (long side cap) by `head.min_size` (short side, a single value); for the
@@ -7,41 +8,20 @@ embedded `shapes_seg`, `data.image_size` is the side of the generated scenes (No
 
 from __future__ import annotations
 
-from peft_bench.backbones.base import Backbone
-from peft_bench.config import Config, UperNetHeadConfig
+import torch
+
+from peft_bench.config import Config
 from peft_bench.data.ade20k import ADE20K_CROP, build_ade20k_data
 from peft_bench.data.base import TaskData
 from peft_bench.data.embedded import build_scene_segmentation, scene_size
 from peft_bench.errors import UserError
-from peft_bench.metrics.miou import SegmentationEvaluator, miou_scores
-from peft_bench.models.segmenter import UperNetSegmenter
-from peft_bench.tasks.base import register_dataset, register_head, register_task
-
-register_task(
-    "semantic",
-    main_metric="miou",
-    evaluator=lambda data, device: SegmentationEvaluator(data.num_classes),
-    score=miou_scores,
-    per_sample="intersection",
-)
+from peft_bench.metrics.miou import SegmentationEvaluator
 
 
-@register_head("upernet", task="semantic", config=UperNetHeadConfig, stages=(0, 1, 2, 3))
-def upernet_head(backbone: Backbone, num_classes: int, cfg: Config) -> UperNetSegmenter:
-    head = cfg.head
-    return UperNetSegmenter(
-        backbone,
-        num_classes,
-        channels=head.channels,
-        aux_weight=head.aux_weight,
-        inference=head.inference,
-        slide_crop=head.slide_crop,
-        slide_stride=head.slide_stride,
-        norm_group=head.norm_group,
-    )
+def evaluator(data: TaskData, device: torch.device) -> SegmentationEvaluator:
+    return SegmentationEvaluator(data.num_classes)
 
 
-@register_dataset("ade20k", task="semantic")
 def ade20k(cfg: Config) -> TaskData:
     if len(cfg.head.min_size) != 1:
         raise UserError(
@@ -51,6 +31,5 @@ def ade20k(cfg: Config) -> TaskData:
     return build_ade20k_data(cfg.data, scale, crop=cfg.data.image_size or ADE20K_CROP)
 
 
-@register_dataset("shapes_seg", task="semantic")
 def shapes_seg(cfg: Config) -> TaskData:
     return build_scene_segmentation(cfg.data, scene_size(cfg))
