@@ -22,6 +22,13 @@ The CPU allocator keeps no such statistics, and the process holds every candidat
 the column is the step's own account (not a run's peak resident set): weights, gradients
 and AdamW state of the trainable tensors, and the activations autograd saves for backward
 (`mem_source` says which).
+
+FLOPs: each method's training step (forward and backward) and inference of one batch, counted once
+by `torch.utils.flop_counter.FlopCounterMode` on a copy of its model before anything is timed
+(`peft_bench.engine.flops`: matmuls, convolutions and attention; not elementwise ops, norms, softmax
+or activations), inference merged as timed; beside them an estimate of the bytes the step's ops move
+(unfused). `flops_vs_full` beside `step_vs_full`, and their quotient `step_vs_flops`, show a method
+whose time is out of proportion to its arithmetic.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from peft_bench.delta import serialized_delta
 from peft_bench.engine.contract import TaskModel
 from peft_bench.engine.cost import peak_memory, reset_peak_memory
 from peft_bench.engine.distributed import resolve_device
+from peft_bench.engine.flops import Flops, count_flops
 from peft_bench.engine.optim import build_optimizer
 from peft_bench.engine.precision import Autocast, autocast, resolve_precision
 from peft_bench.errors import UserError
@@ -69,10 +77,27 @@ COLUMNS = [
     "peak_reserved_mb",
     "mem_source",
     "delta_bytes",
+    "step_gflop",
+    "forward_gflop",
+    "backward_gflop",
+    "infer_gflop",
+    "step_gb",
     "step_vs_full",
+    "flops_vs_full",
+    "step_vs_flops",
+    "bytes_vs_full",
     "mem_vs_full",
     "infer_vs_full",
+    "infer_flops_vs_full",
 ]
+LEGEND = """\
+FLOPs (step_gflop = forward_gflop + backward_gflop, one training step of the batch; infer_gflop, the
+batch's inference, merged as timed): counted once per method by torch.utils.flop_counter.FlopCounterMode
+on a copy of the model, outside the timed steps. Only matmuls, convolutions and attention count;
+elementwise ops, norms, softmax, activations, the loss and the optimiser's update count zero.
+step_gb / bytes_vs_full: an estimate, not a measurement: the bytes every op of the step reads and
+writes, as if none were fused and nothing stayed in cache. step_vs_flops = step_vs_full / flops_vs_full:
+above 1, the step takes longer than its FLOPs say, relative to Full (memory-bound or small ops)."""
 
 
 CUDA_STEPS = 3  # timed steps per sample on CUDA, by default
@@ -93,6 +118,7 @@ class Candidate:
     infer_s: list[float] = field(default_factory=list)
     peak_bytes: int = 0
     peak_reserved_bytes: int | None = None
+    flops: Flops | None = None
 
 
 def _sync(device: torch.device) -> None:
@@ -217,6 +243,15 @@ def build_candidates(methods: list[str], backbone: str, img_size: int, fused: bo
     return candidates
 
 
+def count(candidates: list[Candidate], batch: int, img_size: int, device: torch.device) -> None:
+    """Each candidate's FLOPs and estimated bytes, once, on a copy of its model (`engine.flops`): a
+    training step and the inference (merged) of one batch, before anything is timed."""
+    images = torch.zeros(batch, 3, img_size, img_size)
+    targets = torch.zeros(batch, dtype=torch.long)
+    for c in candidates:
+        c.flops = count_flops(c.model, images, targets, images, device)
+
+
 def measure(
     candidates: list[Candidate],
     batch: int,
@@ -288,14 +323,46 @@ def table(
                 else None,
                 "mem_source": "cuda_max_allocated" if device.type == "cuda" else "step_account",
                 "delta_bytes": len(serialized_delta(c.model)),
+                **flops_columns(c.flops),
             }
         )
     full = next((r for r in rows if r["method"] == "full"), None)
     for r in rows:
-        r["step_vs_full"] = round(r["step_ms"] / full["step_ms"], 3) if full else None
-        r["mem_vs_full"] = round(r["peak_mem_mb"] / full["peak_mem_mb"], 3) if full else None
-        r["infer_vs_full"] = round(r["infer_ms"] / full["infer_ms"], 3) if full else None
+        for ratio, column in RATIOS.items():
+            r[ratio] = (
+                round(r[column] / full[column], 3)
+                if full and full[column] and r[column] is not None
+                else None
+            )
+        r["step_vs_flops"] = (
+            round(r["step_vs_full"] / r["flops_vs_full"], 3)
+            if r["step_vs_full"] and r["flops_vs_full"]
+            else None
+        )
     return rows
+
+
+RATIOS = {  # each column over Full's
+    "step_vs_full": "step_ms",
+    "flops_vs_full": "step_gflop",
+    "bytes_vs_full": "step_gb",
+    "mem_vs_full": "peak_mem_mb",
+    "infer_vs_full": "infer_ms",
+    "infer_flops_vs_full": "infer_gflop",
+}
+
+
+def flops_columns(flops: Flops | None) -> dict[str, float | None]:
+    """A row's FLOPs (G) and estimated bytes (GB) of the batch; None where they were not counted."""
+    if flops is None:
+        return dict.fromkeys(("step_gflop", "forward_gflop", "backward_gflop", "infer_gflop", "step_gb"))
+    return {
+        "step_gflop": round(flops.train / 1e9, 6),
+        "forward_gflop": round(flops.forward / 1e9, 6),
+        "backward_gflop": round(flops.backward / 1e9, 6),
+        "infer_gflop": round(flops.inference / 1e9, 6) if flops.inference is not None else None,
+        "step_gb": round(flops.train_bytes / 1e9, 6),
+    }
 
 
 def to_csv(rows: list[dict], columns: list[str] = COLUMNS) -> str:
@@ -350,6 +417,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--steps must be at least 1")
     cuda = device.type == "cuda"
     candidates = build_candidates(methods, args.backbone, args.img_size, fused=cuda)
+    count(candidates, args.batch, args.img_size, device)
     measure(
         candidates,
         args.batch,
@@ -368,6 +436,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     write_text_atomic(out, to_csv(rows))
     print(to_markdown(rows))
+    print(f"\n{LEGEND}")
     print(f"\nwritten to {out}")
     return rows
 

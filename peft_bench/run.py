@@ -24,7 +24,9 @@ from peft_bench.builder import build_data, build_task_model, check_choices, head
 from peft_bench.config import Precision, Resume
 from peft_bench.data.base import TaskData
 from peft_bench.delta import backbone_fingerprint, save_delta
+from peft_bench.engine.contract import TaskModel
 from peft_bench.engine.distributed import DistInfo, broadcast_object, init_distributed, shutdown_distributed
+from peft_bench.engine.flops import count_run_flops
 from peft_bench.engine.precision import resolve_precision
 from peft_bench.engine.trainer import Trainer, check_batch_fits, per_device_batch
 from peft_bench.loggers import make_logger
@@ -99,6 +101,20 @@ def split_sizes(data: TaskData) -> dict[str, int | None]:
     return {name: None if split is None else len(split) for name, split in splits.items()}
 
 
+def start_up_flops(
+    model: TaskModel, data: TaskData, cfg: DictConfig, per_device: int, device: torch.device
+) -> dict[str, Any]:
+    """The record's `flops`: one training step and inference counted on a copy of `model` before it
+    trains (its state and every generator left as they were); the error where counting failed, which
+    does not stop the run."""
+    try:
+        flops = count_run_flops(model, data, per_device, cfg.data.eval_batch_size, device)
+    except Exception as error:  # a count, not the run: the run goes on without it
+        print(f"warning: FLOPs not counted: {type(error).__name__}: {error}", file=sys.stderr)
+        return {"error": f"{type(error).__name__}: {error}"}
+    return {**flops.record(cfg.data.batch_size), "source": "run"}
+
+
 def resolve_run_id(cfg: DictConfig, info: DistInfo) -> str:
     """The protocol-derived id; with `trainer.resume=never`, a fresh id stamped with the time."""
     run_id = run_id_for(cfg)
@@ -147,6 +163,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         cfg, data.num_classes, on_base=lambda b: fingerprints.append(backbone_fingerprint(b))
     )
     (fingerprint,) = fingerprints
+    flops = start_up_flops(model, data, cfg, per_device, info.device) if info.is_main else None
 
     record: dict[str, Any] = {
         "run_id": run_id,
@@ -173,6 +190,7 @@ def _run(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         "deterministic": cfg.trainer.deterministic,
         "tf32": cfg.trainer.tf32,
         "batch": {"global": cfg.data.batch_size, "per_device": per_device, "world_size": info.world_size},
+        "flops": flops,  # counted at start-up on one batch (`engine.flops`), outside the run's draws
         "wall_s": None,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

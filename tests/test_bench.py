@@ -1,6 +1,6 @@
 """The bench (`peft_bench.bench`), checked on the CPU: where the optimiser's state goes when a
 candidate moves, that a step's forward never sees the last step's gradients, how many steps a
-sample times, and the CSV end to end. No timing is asserted."""
+sample times, and the CSV end to end, with its FLOPs. No timing is asserted."""
 
 from __future__ import annotations
 
@@ -93,6 +93,15 @@ def test_the_cpu_bench_times_one_step_per_sample_and_writes_its_csv(
     assert {(r["device"], r["mem_source"]) for r in written} == {("cpu", "step_account")}
     assert all(float(r["step_ms"]) > 0 and float(r["peak_mem_mb"]) > 0 for r in written)
     assert float(written[0]["step_vs_full"]) == 1.0
+    # FLOPs, counted once per method outside the timed steps (no step or inference more above)
+    full, lora = written
+    assert float(full["flops_vs_full"]) == 1.0 and float(full["step_vs_flops"]) == 1.0
+    assert float(full["step_gflop"]) == pytest.approx(
+        float(full["forward_gflop"]) + float(full["backward_gflop"])
+    )
+    assert float(lora["infer_gflop"]) == float(full["infer_gflop"])  # merged, as timed
+    assert 0 < float(lora["step_gflop"]) < float(full["step_gflop"])  # no weight gradients of frozen weights
+    assert float(lora["step_gb"]) > 0 and float(lora["bytes_vs_full"]) > 0
 
 
 def test_steps_times_that_many_steps_per_placement_after_its_warm_up(

@@ -44,6 +44,7 @@ def write_run(
     started: str = "2025-01-01T00:00:00+00:00",
     losses: tuple[float, ...] = (2.0, 1.5, 1.2, 1.0),
     cost: dict[str, object] | None = None,
+    flops: dict[str, object] | None = None,
 ) -> None:
     """One run's record as peft_bench.run writes it: config.yaml, history.csv, metrics.json."""
     cfg = cfg.copy()
@@ -77,6 +78,7 @@ def write_run(
         "started": started,
         **({"error": error} if error else {}),
         **({"cost": cost} if cost else {}),
+        **({"flops": flops} if flops else {}),
     }
     write_record(directory, record)
 
@@ -308,6 +310,68 @@ def test_cost_table_compares_to_full_on_the_same_device_only(tmp_path: Path) -> 
     assert math.isnan(ratio["ours"]) and ratio["status"] == "Full measured on another device or protocol"
     assert entries.loc[("Full", "COCO Step (s) @ gpu C"), "ours"] == pytest.approx(2.0)
     assert ("Full", "COCO Step (s) @ gpu A") not in entries.index
+
+
+def flops(train_gflops: float) -> dict[str, object]:
+    """A record's `flops`, as peft_bench.run writes it (per image; a third of a step is its forward)."""
+    train = train_gflops * 1e9
+    return {
+        "train_step": 16 * train,
+        "train_per_image": train,
+        "forward_per_image": train / 3,
+        "backward_per_image": 2 * train / 3,
+        "infer_per_image": train / 3,
+        "batch": 16,
+        "source": "run",
+    }
+
+
+def test_flops_columns_are_counts_that_compare_across_devices(tmp_path: Path) -> None:
+    """FLOPs are counted, not measured: a cell's are the median over all its runs, whichever device
+    ran them, and their ratio to Full's needs no common device; a cell whose runs counted none (recorded
+    before runs counted them) says so."""
+    table1 = PAPER.cells("1", TABLE1_OVERRIDES)
+    results = tmp_path / "store"
+    write_run(
+        results,
+        by(table1, method="full"),
+        0,
+        metrics={"ap_box": 52.0},
+        cost=cost(2.0, 1000, "gpu C"),
+        flops=flops(600.0),
+    )
+    for seed, (device, gflops) in enumerate([("gpu A", 200.0), ("gpu A", 200.0), ("gpu B", 260.0)]):
+        write_run(
+            results,
+            by(table1, method="mona"),
+            seed,
+            metrics={"ap_box": 53.0},
+            cost=cost(1.0, 500, device),
+            flops=flops(gflops),
+        )
+    entries = build_cost_table("1", load_runs(results), overrides=TABLE1_OVERRIDES).entries
+    entries = entries.set_index(["row", "column"])
+    mona = entries.loc[("Mona", "COCO Train GFLOPs/img")]
+    assert (mona["ours"], mona["n"], mona["kind"]) == (pytest.approx(200.0), 3, "flops")
+    assert pd.isna(mona["device"])  # counted: no device
+    assert entries.loc[("Mona", "COCO FLOPs ×Full"), "ours"] == pytest.approx(1 / 3)  # Full on gpu C
+    assert entries.loc[("Mona", "COCO Infer GFLOPs/img"), "ours"] == pytest.approx(200.0 / 3)
+    assert math.isnan(entries.loc[("Mona", "COCO Step ×Full @ gpu A"), "ours"])  # times do need one device
+    assert ("Mona", "COCO Train GFLOPs/img @ gpu A") not in entries.index
+
+    found = {p.method: p for p in points(table1, load_runs(results), "ap_box")}
+    assert (found["Full"].train_gflops, found["Mona"].train_gflops) == (
+        pytest.approx(600.0),
+        pytest.approx(200.0),
+    )
+    figure = write_tradeoff(table1, load_runs(results), tmp_path / "tradeoff1", "table1")
+    assert all(p.stat().st_size > 1000 for p in figure.paths)
+
+    uncounted = build_cost_table(
+        "1", load_runs(cost_store(tmp_path / "old", "gpu A")), overrides=TABLE1_OVERRIDES
+    )
+    entry = uncounted.entries.set_index(["row", "column"]).loc[("Mona", "COCO Train GFLOPs/img")]
+    assert math.isnan(entry["ours"]) and entry["status"].startswith("not counted")
 
 
 def test_cost_columns_on_a_table_and_not_measured_cells(store: Path, tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ Keys (each optional):
   out_dir=<results_dir>/report where the files go: table<N>.md/.tex/.csv, fig5.png/.pdf, cost<N>.*,
                                tradeoff<N>.png/.pdf (tables: N = 1 ... 5, _ext, _vtab, _fgvc; cost,
                                tradeoff: 1, 2, 3, _ext)
-  cost=true|false              Tables 1-5 and ext with the cells' step time and peak memory (and ×Full)
+  cost=true|false              Tables 1-5 and ext with the cells' step time and peak memory (and ×Full),
+                               and their training FLOPs ×Full
   profile=paper|mini           the presets table1..table5, fig5, vtab and fgvc, or table1_mini ...
                                vtab_mini (all: a suite table without a preset in the profile is skipped)
   override=<key>=<value>       added to every cell's config as on the sweep's command line, so that

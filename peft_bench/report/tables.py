@@ -19,7 +19,7 @@ import pandas as pd
 
 from peft_bench.params import count
 from peft_bench.report.aggregate import OK, cell_runs
-from peft_bench.report.cost import NOT_MEASURED, cell_cost
+from peft_bench.report.cost import cell_cost
 from peft_bench.report.grid import Cell
 from peft_bench.report.labels import label
 from peft_bench.report.paper import PaperValues
@@ -63,13 +63,19 @@ COST_COLUMNS = {
     "Delta (MB)": ("delta_bytes", 2**-20),
 }
 RATIO_COLUMNS = {"Step ×Full": "step_s", "Mem ×Full": "peak_mem_bytes"}
-TABLE_COST_COLUMNS = ("Step (s)", "Step ×Full", "Peak mem (MB)", "Mem ×Full")  # cost=true
+# FLOPs columns: the record's `flops` field each shows (per image), in GFLOPs; the ratio to Full's.
+FLOPS_COLUMNS = {"Train GFLOPs/img": ("train_per_image", 1e-9), "Infer GFLOPs/img": ("infer_per_image", 1e-9)}
+FLOPS_RATIO_COLUMNS = {"FLOPs ×Full": "train_per_image"}
+TABLE_COST_COLUMNS = ("Step (s)", "Step ×Full", "FLOPs ×Full", "Peak mem (MB)", "Mem ×Full")  # cost=true
 COST_TABLE_COLUMNS = (
     "Delta (MB)",
     "Step (s)",
     "Step ×Full",
+    "Train GFLOPs/img",
+    "FLOPs ×Full",
     "Train img/s",
     "Eval img/s",
+    "Infer GFLOPs/img",
     "Peak mem (MB)",
     "Mem ×Full",
 )
@@ -88,7 +94,11 @@ CAPTIONS = {
 COST_CAPTION = (
     "What each method costs: trainable backbone parameters (counted), the delta checkpoint, the median "
     "training step, training and evaluation images/s and the peak memory, each the median over the "
-    "cell's runs measured on one device; ×Full only against Full measured on the same device and protocol"
+    "cell's runs measured on one device; ×Full only against Full measured on the same device and protocol. "
+    "GFLOPs per image of a training step (forward and backward) and of inference (merged, as evaluated), "
+    "counted by torch's FlopCounterMode on one batch, the same on any device: matmuls, convolutions and "
+    "attention only (elementwise ops, norms, softmax and activations count zero); FLOPs ×Full: the "
+    "training step's, against Full under the same protocol"
 )
 
 
@@ -132,7 +142,8 @@ class Table:
 class Entries:
     """Collects a table's entries; every value is placed beside the paper's for the same keys.
     Kinds: metric (measured by runs), count (counted from the config), delta, average, cost (from
-    the runs' records), ratio (a cost over Full's), ppt (the suite tables' trade-off) and improvement
+    the runs' records), flops (counted by the runs, `engine.flops`), ratio (a cost or FLOPs over
+    Full's), ppt (the suite tables' trade-off) and improvement
     (their probability of improvement). With `cost_columns`, Tables 1-5 add theirs. With
     `significance`, measured entries, deltas and averages carry an interval, and each is tested
     against the baseline's entry of the same test set (`compare_to_baseline`); private fields
@@ -272,24 +283,30 @@ class Entries:
             self.runs, cell.protocol, protocol_of_cell(cell), prefer=base.device if base else None
         )
         for column in columns:
-            if column in RATIO_COLUMNS:
-                if base is None:
+            # FLOPs are counted: a cost of no device, compared with Full's under the same protocol
+            counted = column in FLOPS_COLUMNS or column in FLOPS_RATIO_COLUMNS
+            cost, full_cost = (mine.counted, base and base.counted) if counted else (mine, base)
+            kind, name = ("flops", "flops_") if counted else ("cost", "")
+            ratios, values = (
+                (FLOPS_RATIO_COLUMNS, FLOPS_COLUMNS) if counted else (RATIO_COLUMNS, COST_COLUMNS)
+            )
+            if column in ratios:
+                if full_cost is None:
                     continue
-                field = RATIO_COLUMNS[column]
-                (ours, status), kind, metric = mine.ratio(field, base), "ratio", f"{field}_vs_full"
+                field = ratios[column]
+                (ours, status), kind, metric = cost.ratio(field, full_cost), "ratio", f"{name}{field}_vs_full"
             else:
-                field, scale = COST_COLUMNS[column]
-                ours, status, kind, metric = (
-                    mine.get(field) * scale,
-                    OK if mine.n else NOT_MEASURED,
-                    "cost",
-                    field,
+                field, scale = values[column]
+                ours, status, metric = (
+                    cost.get(field) * scale,
+                    OK if cost.n else cost.missing,
+                    f"{name}{field}",
                 )
             stats = {
-                "n": mine.n or math.nan,
+                "n": cost.n or math.nan,
                 "status": status,
-                "protocol": mine.protocol,
-                "device": mine.device,
+                "protocol": cost.protocol,
+                "device": cost.device,
             }
             self.add(row, f"{prefix}{column}", kind, metric, ours, math.nan, **stats)
 

@@ -1,6 +1,7 @@
-"""The trade-off figure of a preset: each dataset's main metric against trainable parameters and
-against peak memory, one point per method, the Pareto front (no other method scores more for less)
-marked. Drawn on its own Agg canvas, as Figure 5, without pyplot's global state.
+"""The trade-off figure of a preset: each dataset's main metric against trainable parameters, against
+the training FLOPs per image and against peak memory, one point per method, the Pareto front (no other
+method scores more for less) marked. Drawn on its own Agg canvas, as Figure 5, without pyplot's global
+state.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from peft_bench.report.grid import Cell
 from peft_bench.report.labels import label
 from peft_bench.report.tables import TASK_METRICS, protocol_of_cell, unique
 
-AXES = (("params_m", "trainable backbone parameters (M)"), ("peak_mem_mb", "peak memory (MB)"))
+AXES = (
+    ("params_m", "trainable backbone parameters (M)"),
+    ("train_gflops", "training GFLOPs per image (counted)"),
+    ("peak_mem_mb", "peak memory (MB)"),
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Point:
     params_m: float
     peak_mem_mb: float
     device: str | None
+    train_gflops: float = math.nan  # a training step's FLOPs per image: counted, the same on any device
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class TradeOff:
 
 def points(cells: Sequence[Cell], runs: pd.DataFrame, metric: str, device: str | None = None) -> list[Point]:
     """One point per cell with a completed run: mean `metric`, counted parameters, median peak memory
-    (of its runs on `device` where it has some)."""
+    (of its runs on `device` where it has some), median training FLOPs per image (of all its runs)."""
     found = []
     for cell in cells:
         stat = cell_runs(runs, cell.protocol).stat(metric)
@@ -58,6 +64,7 @@ def points(cells: Sequence[Cell], runs: pd.DataFrame, metric: str, device: str |
                 count(cell.cfg)["backbone_trainable"] / 1e6,
                 cost.get("peak_mem_bytes") / 2**20,
                 cost.device,
+                cost.counted.get("train_per_image") / 1e9,
             )
         )
     return found
@@ -93,10 +100,10 @@ def write_tradeoff(cells: Sequence[Cell], runs: pd.DataFrame, stem: Path, preset
     """`<stem>.png` and `<stem>.pdf`: a row per dataset of `cells`, its main metric (the task's first)
     against each of AXES."""
     datasets = unique(cell.cfg.data.name for cell in cells)
-    figure = Figure(figsize=(9, 3.2 * len(datasets) + 0.8))
+    figure = Figure(figsize=(12, 3.2 * len(datasets) + 0.8))
     FigureCanvasAgg(figure)
     grid = figure.subplots(len(datasets), len(AXES), squeeze=False)
-    missing, elsewhere = [], []
+    missing, elsewhere, uncounted = [], [], []
     for row, dataset in zip(grid, datasets, strict=True):
         mine = [cell for cell in cells if cell.cfg.data.name == dataset]
         metric = TASK_METRICS[mine[0].cfg.data.task][0]
@@ -112,6 +119,7 @@ def write_tradeoff(cells: Sequence[Cell], runs: pd.DataFrame, stem: Path, preset
         elsewhere += [
             f"{label(dataset)}: {p.method} ({p.device})" for p in found if p.device not in (device, None)
         ]
+        uncounted += [f"{label(dataset)}: {p.method}" for p in found if math.isnan(p.train_gflops)]
         on_device = [p if p.device == device else replace(p, peak_mem_mb=math.nan) for p in found]
         for axes, (x, title) in zip(row, AXES, strict=True):
             draw(axes, on_device, x)
@@ -120,14 +128,19 @@ def write_tradeoff(cells: Sequence[Cell], runs: pd.DataFrame, stem: Path, preset
             axes.tick_params(labelsize=7)
     caption = (
         f"Trade-offs (preset {preset}): the mean metric over seeds against trainable backbone parameters "
-        "(counted) and the median peak memory of the runs on one device (Full's); filled, joined points: "
-        "the Pareto front."
+        "(counted), a training step's FLOPs per image (counted by torch's FlopCounterMode on one batch: "
+        "matmuls, convolutions and attention only; the same on any device) and the median peak memory "
+        "of the runs on one device (Full's); filled, joined points: the Pareto front."
     )
     if elsewhere:
         caption += f" Memory measured on another device, not drawn: {'; '.join(elsewhere)}."
+    if uncounted:
+        caption += (
+            f" No FLOPs counted (runs recorded before runs counted them), not drawn: {'; '.join(uncounted)}."
+        )
     if missing:
         caption += f" No completed run: {'; '.join(missing)}."
-    figure.text(0.02, 0.005, textwrap.fill(caption, 140), fontsize=6, va="bottom")
+    figure.text(0.02, 0.005, textwrap.fill(caption, 190), fontsize=6, va="bottom")
     figure.subplots_adjust(
         left=0.08, right=0.98, top=0.97, bottom=0.8 / figure.get_figheight() + 0.04, hspace=0.35
     )
