@@ -142,6 +142,48 @@ def test_lora_equals_the_base_at_init_and_merges() -> None:
     assert "layers.0.blocks.0.attn.qkv.weight" in backbone.state_dict()
 
 
+def test_lora_matches_its_formula_in_value_and_gradient() -> None:
+    """The fused form (one GEMM for both A, the up projections as `addmm`) against LoRA written
+    out: `W0 x + b` plus `scale * B A x` on the q and v rows."""
+    torch.manual_seed(0)
+    qkv = LoRAQKV(nn.Linear(12, 36).requires_grad_(False), rank=4, alpha=8.0)
+    with torch.no_grad():
+        qkv.b_q.normal_(), qkv.b_v.normal_()
+    x, weights = torch.randn(2, 5, 12, requires_grad=True), torch.randn(2, 5, 36)
+    q, k, v = F.linear(x, qkv.weight, qkv.bias).chunk(3, dim=-1)
+    q = q + 2.0 * x @ qkv.a_q.t() @ qkv.b_q.t()
+    v = v + 2.0 * x @ qkv.a_v.t() @ qkv.b_v.t()
+    expected, ours = torch.cat((q, k, v), dim=-1), qkv(x)
+    torch.testing.assert_close(ours, expected)
+    tensors = [x, qkv.a_q, qkv.b_q, qkv.a_v, qkv.b_v]
+    ours_grads = torch.autograd.grad((ours * weights).sum(), tensors)
+    for got, want in zip(ours_grads, torch.autograd.grad((expected * weights).sum(), tensors), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_training_step_under_bf16_autocast_keeps_the_output_in_bf16(name: str) -> None:
+    """Every method's step under CPU bf16 autocast: the features stay bf16 (no fp32 scale or ratio
+    promotes them), close to the fp32 forward, and every trainable tensor gets a finite fp32
+    gradient."""
+    torch.manual_seed(0)
+    backbone = applied(micro(), name)
+    x = images()
+    expected = backbone(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = backbone.forward_features(x)
+        out = backbone(x)
+    # E3VA adds its lead, carried in fp32 through the mergings (test_e3va), to each stage's output.
+    assert features.dtype == (torch.float32 if name == "e3va" else torch.bfloat16)
+    torch.testing.assert_close(out.float(), expected, rtol=0.1, atol=0.1)
+    if out.requires_grad:  # Fixed trains nothing
+        out.float().square().mean().backward()
+    for tensor_name, tensor in backbone.named_parameters():
+        if tensor.requires_grad and tensor.grad is not None:
+            assert tensor.grad.dtype == tensor.dtype == torch.float32, tensor_name
+            assert torch.isfinite(tensor.grad).all(), tensor_name
+
+
 def test_adaptformer_block_output() -> None:
     backbone = applied(micro(), "adaptformer", scale=0.3).eval()
     block = backbone.layers[0].blocks[1]  # a shifted-window block

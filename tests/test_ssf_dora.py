@@ -15,7 +15,7 @@ from peft_bench.backbones.swin import build_swin
 from peft_bench.config import NoDecay
 from peft_bench.engine.optim import parameter_groups
 from peft_bench.methods.dora import DoRAQKV
-from peft_bench.methods.ssf import ScaleShift, SSFConv2d, SSFLayerNorm, SSFLinear
+from peft_bench.methods.ssf import ScaledLinear, ScaleShift, SSFConv2d, SSFLayerNorm, SSFLinear
 from peft_bench.params import count
 from peft_bench.plugins import config_session
 
@@ -145,7 +145,29 @@ def test_ssf_wrappers_scale_and_shift_each_output_channel() -> None:
         ssf = wrapper(plain, 0.02)
         assert ssf.weight is plain.weight and ssf.bias is plain.bias
         randomise_ssf(ssf)
-        torch.testing.assert_close(ssf(x), forward(x) * ssf.scale.view(view) + ssf.shift.view(view))
+        plain.weight.requires_grad_(False), plain.bias.requires_grad_(False)
+        x.requires_grad_(True)
+        grad_out = torch.randn_like(forward(x))
+        # The gradients of the folded forms (ScaledLinear, the norm's own affine map) are the
+        # written-out formula's, for the input, the scale and the shift.
+        expected = forward(x) * ssf.scale.view(view) + ssf.shift.view(view)
+        expected_grads = torch.autograd.grad(expected, (x, ssf.scale, ssf.shift), grad_out)
+        out = ssf(x)
+        torch.testing.assert_close(out, expected)
+        grads = torch.autograd.grad(out, (x, ssf.scale, ssf.shift), grad_out)
+        for got, want in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_scaled_linear_gradients_pass_gradcheck() -> None:
+    """The backward recovers `x W^T + b` from the output: checked against finite differences in
+    float64, with scales of both signs and shifts far larger than some scaled outputs."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    weight, bias = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    scale = torch.tensor([1.0, -0.5, 0.02, 2.0, 0.9], dtype=torch.float64, requires_grad=True)
+    shift = (3 * torch.randn(5, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(ScaledLinear.apply, (x, weight, bias, scale, shift))
 
 
 def example_input(module: nn.Module) -> torch.Tensor:
@@ -231,8 +253,8 @@ def test_dora_matches_peft_in_value_and_gradient() -> None:
     qkv.weight.requires_grad_(False)
     qkv.bias.requires_grad_(False)
     randomise_dora(qkv)
-    x, weights = torch.randn(5, 12), torch.randn(5, 36)
-    tensors = [qkv.a_q, qkv.b_q, qkv.a_v, qkv.b_v, qkv.m_q, qkv.m_v]
+    x, weights = torch.randn(2, 5, 12, requires_grad=True), torch.randn(2, 5, 36)
+    tensors = [x, qkv.a_q, qkv.b_q, qkv.a_v, qkv.b_v, qkv.m_q, qkv.m_v]
     ours, reference = qkv(x), peft_style_dora(qkv, x)
     torch.testing.assert_close(ours, reference)
     ours_grads = torch.autograd.grad((ours * weights).sum(), tensors)

@@ -42,6 +42,10 @@ class DoRAQKV(LoRAQKV):
         return torch.cat((q, weight_k, v))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's weight formed each step, then one GEMM: its backward has one weight-gradient
+        GEMM, where peft's form (`m / ||V||` times LoRA's output, `tests/test_ssf_dora.py`) has four
+        passes over the q and v outputs instead; on the bench (swin_t, 128 px) this form is the faster
+        (docs/methods.md)."""
         return F.linear(x, self.weight if self.merged else self.dora_weight(), self.bias)
 
     def fold(self) -> None:

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import FunctionCtx
 
 from peft_bench.backbones.base import Backbone, Part
 from peft_bench.layers.merge import Mergeable
@@ -45,17 +47,25 @@ class ScaleShift(Mergeable, nn.Module):
         return t.view(-1, *(1,) * self.channel_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if self.merged else self.scaled(x)
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """`scale * f(x) + shift`, a pass over f's output (the patch embedding's conv, run once per
+        image); the Linear and LayerNorm wrappers fold the scale and shift into f instead."""
         out = super().forward(x)
-        if self.merged:
-            return out
         # In the output's dtype: under autocast the fp32 scale would otherwise promote it to fp32.
         scale, shift = (self._per_channel(t).to(out.dtype) for t in (self.scale, self.shift))
         return out * scale + shift
 
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`weight' = scale * weight` (per output row) and `bias' = scale * bias + shift`."""
+        weight = self.weight * self.scale.view(-1, *(1,) * (self.weight.dim() - 1))
+        return weight, self.bias * self.scale + self.shift
+
     def fold(self) -> None:
-        """`weight' = scale * weight` (per output row), `bias' = scale * bias + shift`."""
-        self.weight.mul_(self.scale.view(-1, *(1,) * (self.weight.dim() - 1)))
-        self.bias.mul_(self.scale).add_(self.shift)
+        weight, bias = self.folded()
+        self.weight.copy_(weight)
+        self.bias.copy_(bias)
 
     def merge_targets(self) -> list[torch.Tensor]:
         return [self.weight, self.bias]
@@ -64,11 +74,49 @@ class ScaleShift(Mergeable, nn.Module):
         return f"{super().extra_repr()}, ssf, merged={self.merged}"
 
 
+class ScaledLinear(torch.autograd.Function):
+    """`scale * (x W^T + b) + shift` as one linear map with the scale folded into W and b.
+
+    The forward is one GEMM and no pass over the output; the backward takes x's gradient through
+    the folded weight (no pass scaling the output's gradient) and recovers `x W^T + b` from the
+    output, `(y - shift) / scale`, for the scale's gradient, so the output is all it saves. Exact
+    up to rounding while no scale is 0 (the recovered term's error grows as |shift| / |scale|;
+    scales start at N(1, 0.02)); W and b are frozen, so they get no gradient.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        scale: torch.Tensor,
+        shift: torch.Tensor,
+    ) -> torch.Tensor:
+        out = F.linear(x, weight * scale.unsqueeze(1), bias * scale + shift)  # under autocast: its dtype
+        ctx.save_for_backward(out, weight, scale, shift)  # the folded weight is recomputed, not kept
+        return out
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        out, weight, scale, shift = ctx.saved_tensors
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out @ (weight * scale.unsqueeze(1)).to(grad_out.dtype)
+        rows_grad, rows_out = grad_out.flatten(0, -2), out.flatten(0, -2)
+        grad_shift = rows_grad.sum(0, dtype=shift.dtype)
+        grad_scale = ((rows_grad * rows_out).sum(0, dtype=scale.dtype) - shift * grad_shift) / scale
+        return grad_x, None, None, grad_scale, grad_shift
+
+
 class SSFLinear(ScaleShift, nn.Linear):
     def __init__(self, linear: nn.Linear, std: float) -> None:
         # Built on the meta device: the base weight and bias are taken over, not allocated.
         super().__init__(linear.in_features, linear.out_features, device="meta")
         self._adopt(linear, std)
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        return ScaledLinear.apply(x, self.weight, self.bias, self.scale, self.shift)
 
 
 class SSFConv2d(ScaleShift, nn.Conv2d):
@@ -93,6 +141,11 @@ class SSFLayerNorm(ScaleShift, nn.LayerNorm):
     def __init__(self, norm: nn.LayerNorm, std: float) -> None:
         super().__init__(norm.normalized_shape, eps=norm.eps, device="meta")
         self._adopt(norm, std)
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """The scale and shift folded into the norm's own affine map: weight-sized, not a pass over
+        the output (the norm's backward already reduces over tokens for its weight and bias)."""
+        return F.layer_norm(x, self.normalized_shape, *self.folded(), self.eps)
 
 
 def scale_shift(module: nn.Module, std: float) -> ScaleShift:
