@@ -117,6 +117,27 @@ def test_the_cpus_fused_attention_counts_as_its_matmuls() -> None:
     assert backward.flops == 5 * matmuls // 2
 
 
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_a_grouped_convolutions_gradients_each_cost_its_forward(groups: int) -> None:
+    """A conv of 16 channels, 7x7, on 2 x 16 x 10 x 10: forward 2 * B * HW * C_out * (C_in / groups)
+    * k^2 multiply-adds; the input's and the weight's gradients the same each (torch's own formula
+    counts the weight's as ungrouped: 16x too many for Mona's depthwise filters)."""
+    conv = torch.nn.Conv2d(16, 16, 7, padding=3, groups=groups)
+    x = torch.randn(2, 16, 10, 10, requires_grad=True)
+    written_out = 2 * 2 * 100 * 16 * (16 // groups) * 49
+    with counting() as forward:
+        out = conv(x)
+    with counting() as backward:
+        out.sum().backward()
+    assert forward.flops == written_out
+    assert backward.flops == 2 * written_out
+    conv.weight.requires_grad_(False)
+    out = conv(x)
+    with counting() as frozen_backward:
+        out.sum().backward()
+    assert frozen_backward.flops == written_out
+
+
 def test_bytes_moved_are_each_ops_inputs_and_outputs_and_views_move_none() -> None:
     a, b, bias = torch.ones(1000), torch.ones(1000), torch.ones(10)
     with BytesMoved() as moved:

@@ -4,8 +4,9 @@ inference, counted by torch's `FlopCounterMode`, and an estimate of the bytes it
 FLOPs (a multiply-add is 2) are those of the ops `torch.utils.flop_counter` has formulas for: matmuls
 (`mm`, `addmm`, `bmm`, `baddbmm`), convolutions (forward and `convolution_backward`, which skips the
 weight gradient of a frozen weight) and fused attention (SDPA's CUDA kernels), plus `EXTRA_FORMULAS`
-for the two it lacks that the models run: SDPA's CPU kernel (so a ViT counts the same on the CPU as
-on CUDA) and matrix-vector products. An attention written as matmuls (timm's Swin) counts as its
+for those it lacks or miscounts that the models run: SDPA's CPU kernel (so a ViT counts the same on
+the CPU as on CUDA), matrix-vector products, and a grouped convolution's weight gradient (torch counts
+it as ungrouped). An attention written as matmuls (timm's Swin) counts as its
 `bmm`s: 2x forward in its backward, where a fused kernel's formula counts 2.5x (it recomputes the
 scores). Everything else counts zero: elementwise ops, norms, softmax, activations, pooling, the
 loss, the optimiser's update, data movement. The backward is what autograd runs: a trainable
@@ -46,7 +47,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.data import Dataset, default_collate
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_flop_count,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 from peft_bench.data.base import TaskData
 from peft_bench.engine.checkpoint import rng_state, set_rng_state
@@ -148,14 +154,37 @@ def _addmv(self_shape: Any, mat_shape: Any, vec_shape: Any, *args: Any, **kwargs
     return _mv(mat_shape, vec_shape)
 
 
-# Formulas FlopCounterMode lacks, for ops the models run: the CPU's fused attention (a ViT's SDPA on the
-# CPU; on CUDA its kernels are counted by torch's own formulas, the same count) and matrix-vector
-# products (Mona's merged convolution's bias).
+def _conv_backward(
+    grad_out_shape: Any,
+    x_shape: Any,
+    w_shape: Any,
+    _bias: Any,
+    _stride: Any,
+    _padding: Any,
+    _dilation: Any,
+    transposed: bool,
+    _output_padding: Any,
+    _groups: int,
+    output_mask: Any,
+    *args: Any,
+    **kwargs: Any,
+) -> int:
+    """Each gradient a convolution's backward computes (input's, weight's) costs its forward. torch's
+    formula counts the weight gradient as if ungrouped: a depthwise conv's C times too many."""
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)  # w_shape: C_in / groups
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+# Formulas FlopCounterMode lacks or gets wrong, for ops the models run: the CPU's fused attention (a
+# ViT's SDPA on the CPU; on CUDA its kernels are counted by torch's own formulas, the same count),
+# matrix-vector products (Mona's merged convolution's bias) and a grouped convolution's weight gradient
+# (Mona's depthwise filters).
 EXTRA_FORMULAS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
     torch.ops.aten.mv: _mv,
     torch.ops.aten.addmv: _addmv,
+    torch.ops.aten.convolution_backward: _conv_backward,
 }
 
 
