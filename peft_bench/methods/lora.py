@@ -39,22 +39,17 @@ class LoRAQKV(Mergeable, nn.Linear):
         self.a_v, self.b_v = _low_rank_pair(qkv.in_features, rank, qkv.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`W0 x + b`, plus `scale * B A x` on q and v: one GEMM for both down projections (A_q and A_v
+        stacked, a weight-sized copy) and each up projection fused with the scale and the add
+        (`addmm`), so the update costs no pass over the output beyond the concatenation."""
         if self.merged:
             return super().forward(x)
-        q, k, v = self.updated_qkv(x.flatten(0, -2))
-        return torch.cat((q, k, v), dim=-1).unflatten(0, x.shape[:-1])
-
-    def updated_qkv(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k and v of the (tokens, m) rows: `W0 x + b`, plus `scale * B A x` on q and v.
-
-        One GEMM for both down projections (A_q and A_v stacked, a weight-sized copy) and the up
-        projections fused with the scale and the add (`addmm`), so the update costs no pass over
-        the output beyond the concatenation of q, k and v."""
+        rows = x.flatten(0, -2)
         q, k, v = F.linear(rows, self.weight, self.bias).chunk(3, dim=-1)
         down_q, down_v = F.linear(rows, torch.cat((self.a_q, self.a_v))).chunk(2, dim=-1)
         q = torch.addmm(q, down_q, self.b_q.t(), alpha=self.scale)
         v = torch.addmm(v, down_v, self.b_v.t(), alpha=self.scale)
-        return q, k, v
+        return torch.cat((q, k, v), dim=-1).unflatten(0, x.shape[:-1])
 
     def delta_weight(self) -> torch.Tensor:
         """The update as a (3m, m) matrix: `scale * B A` in the q and v rows, zeros for k."""
