@@ -205,28 +205,6 @@ def state_device(group: dict, key: str, device: torch.device) -> torch.device:
     return device
 
 
-def step_memory_account(c: Candidate, images: torch.Tensor, targets: torch.Tensor) -> int:
-    """Bytes a CPU training step holds at its peak: weights, trainable grads and AdamW moments,
-    plus the distinct activations saved for backward (parameters excluded: counted as weights)."""
-    params = list(c.model.parameters())
-    param_storages = {p.untyped_storage().data_ptr() for p in params}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in param_storages:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = c.model(images, targets)
-    loss.backward()
-    c.model.zero_grad(set_to_none=True)
-    weights = sum(p.numel() * p.element_size() for p in params)
-    trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
-    return weights + 3 * trainable + sum(saved.values())
-
-
 def build_candidates(methods: list[str], backbone: str, img_size: int, fused: bool) -> list[Candidate]:
     """Each method's classifier over 100 classes, built as a run builds it (random weights), with the
     trainer's optimiser (`fused` as the trainer's on the device measured)."""
@@ -280,8 +258,8 @@ def measure(
                 _train_step(c, images, targets, amp)
                 peak = peak_memory(device)
                 c.peak_bytes, c.peak_reserved_bytes = peak["peak_mem_bytes"], peak["peak_reserved_bytes"]
-            else:
-                c.peak_bytes = step_memory_account(c, images, targets)
+            else:  # the step account of the counted step (`engine.step_memory`), fp32
+                c.peak_bytes = c.flops.step_memory
     for r in range(repeats):
         shift = r % len(candidates)  # rotate the order: no method always runs first or last
         for c in candidates[shift:] + candidates[:shift]:

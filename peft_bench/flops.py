@@ -1,17 +1,19 @@
-"""FLOPs for run records made before runs counted them, from each record's stored config.
+"""FLOPs (and the step memory account) for run records made before runs counted them, from each
+record's stored config.
 
     python -m peft_bench.flops results/mini/store [--device cpu|cuda|auto]
 
-A run counts its FLOPs at start-up (`peft_bench.engine.flops`) and keeps them in its record's
-`flops`. For a record without them (recorded before), or with the error that kept its run from
-counting them, this rebuilds the run's config from its `config.yaml` (the config groups it names,
-composed anew, with every stored value that the schema still has, and keys added since at their
-`NEUTRAL` value), checks that it hashes to the record's protocol, builds data and model as the run
-did (on random weights: counts follow shapes, not weights, but where a head's shapes follow its
-predictions, `peft_bench.engine.flops`) and counts as a run counts, once per protocol and per-device
-batch; then adds `flops` to each such record, marked `"source": "config"`. Nothing else in a record
-changes. A record whose config does not recompose to its protocol (a key removed from the schema
-since), or whose model fails to count, is left as it was, and named (exit status 1 for the latter).
+A run counts its FLOPs and accounts its step's memory at start-up (`peft_bench.engine.flops`) and
+keeps them in its record's `flops`. For a record without them (recorded before), without the step
+memory (counted before it was), or with the error that kept its run from counting them, this
+rebuilds the run's config from its `config.yaml` (the config groups it names, composed anew, with
+every stored value that the schema still has, and keys added since at their `NEUTRAL` value), checks
+that it hashes to the record's protocol, builds data and model as the run did (on random weights:
+counts follow shapes, not weights, but where a head's shapes follow its predictions,
+`peft_bench.engine.flops`) and counts as a run counts, once per protocol and per-device batch; then
+adds `flops` to each such record, marked `"source": "config"`. Nothing else in a record changes. A
+record whose config does not recompose to its protocol (a key removed from the schema since), or
+whose model fails to count, is left as it was, and named (exit status 1 for the latter).
 Running it again fills only what is missing.
 """
 
@@ -75,16 +77,21 @@ def count_config(cfg: DictConfig, per_device: int, device: torch.device) -> dict
     return {**flops.record(cfg.data.batch_size), "source": "config"}
 
 
+def complete(flops: dict[str, Any] | None) -> bool:
+    """Whether a record's `flops` hold every count a run makes today."""
+    return bool(flops) and "error" not in flops and "step_memory_bytes" in flops
+
+
 def backfill(results_dir: Path, device: torch.device) -> tuple[int, list[str], list[str]]:
-    """Add `flops` to every completed or failed record under `results_dir` without them, or whose run
-    failed to count them (out of memory on its device, say); not to a running one, which its run may
-    still write. The records filled, the run ids whose config did not recompose, and those that failed
-    to count here (why)."""
+    """Add `flops` to every completed or failed record under `results_dir` without them (or without
+    the step memory), or whose run failed to count them (out of memory on its device, say); not to a
+    running one, which its run may still write. The records filled, the run ids whose config did not
+    recompose, and those that failed to count here (why)."""
     records = []
     for path in sorted((results_dir / RUNS).glob("*/metrics.json")):
         record = read_record(path.parent)
         flops = (record or {}).get("flops")
-        if record and (not flops or "error" in flops) and record["status"] in ("completed", "failed"):
+        if record and not complete(flops) and record["status"] in ("completed", "failed"):
             records.append((path.parent, record))
     counted: dict[tuple[str, int], dict[str, Any]] = {}
     skipped, failed = [], []

@@ -22,6 +22,7 @@ from peft_bench import run as run_module
 from peft_bench.builder import build_data, build_task_model
 from peft_bench.engine.contract import TaskModel
 from peft_bench.engine.flops import BytesMoved, count_flops, count_run_flops, counting
+from peft_bench.engine.step_memory import saved_activations, step_memory
 from peft_bench.plugins import config_session
 from peft_bench.results.store import read_record, write_record
 
@@ -186,6 +187,46 @@ def test_counting_leaves_the_model_and_every_generator_as_they_were() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The step memory account
+
+
+@pytest.mark.parametrize("first_frozen", [False, True])
+def test_the_step_memory_account_is_weights_optimiser_state_and_saved_activations(
+    first_frozen: bool,
+) -> None:
+    """Linear(8, 16), ReLU, Linear(16, 4) on 5 inputs, in float32. Trainable: the first linear saves
+    its input x (for its weight's gradient), ReLU its output, which the second linear saves too (one
+    storage, counted once); its weight is a parameter, counted as a weight. With the first linear
+    frozen nothing upstream of the second needs a gradient: only the ReLU output is saved, by the
+    second linear, and the first linear's parameters carry no gradient or moments."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    model[0].requires_grad_(not first_frozen)
+    with saved_activations(model) as saved:
+        model(torch.randn(5, 8)).sum().backward()
+    first, second = (8 * 16 + 16) * 4, (16 * 4 + 4) * 4
+    relu_output, inputs = 5 * 16 * 4, 5 * 8 * 4
+    activations = relu_output + (0 if first_frozen else inputs)
+    trainable = second + (0 if first_frozen else first)
+    assert sum(saved.values()) == activations
+    assert step_memory(model, saved) == first + second + 3 * trainable + activations
+
+
+def test_a_frozen_backbone_holds_less_for_its_step_than_full() -> None:
+    """Fixed's step holds the weights and the head's state, no backbone activation; NormTuning's the
+    activations that carry a gradient to every norm; Full's also the backbone's AdamW state."""
+    images, targets = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    overrides = ("backbone=swin_micro", "backbone.img_size=64")
+    full, fixed, norms = (
+        count_flops(model_of(f"method={m}", *overrides), images, targets, None, CPU).step_memory
+        for m in ("full", "fixed", "normtuning")
+    )
+    weights = sum(p.numel() * 4 for p in model_of("method=full", *overrides).parameters())
+    assert weights < fixed < norms < full
+    assert full - norms > 3 * (weights - 2 * 256 * 10)  # Full's gradients and moments, less the head's
+
+
+# ---------------------------------------------------------------------------------------------
 # Run records
 
 
@@ -244,6 +285,21 @@ def test_a_run_records_its_flops_and_ends_as_one_that_does_not_count(
     assert backfill_module.main([str(tmp_path / "counted")]) == 0
     filled = json.loads((directory / "metrics.json").read_text())["flops"]
     assert filled["source"] == "config"
-    counts = ("train_step", "train_per_image", "forward_per_image", "backward_per_image", "infer_per_image")
+    counts = (
+        "train_step",
+        "train_per_image",
+        "forward_per_image",
+        "backward_per_image",
+        "infer_per_image",
+        "step_memory_bytes",
+    )
     assert {k: filled[k] for k in counts} == {k: flops[k] for k in counts}
     assert "flops" not in read_record(other)
+
+    # A record counted before the step memory account existed is counted again, and only it.
+    write_record(directory, record | {"flops": {k: v for k, v in flops.items() if k != "step_memory_bytes"}})
+    assert backfill_module.main([str(tmp_path / "counted")]) == 0
+    assert read_record(directory)["flops"]["step_memory_bytes"] == flops["step_memory_bytes"]
+    before = (directory / "metrics.json").stat().st_mtime_ns
+    assert backfill_module.main([str(tmp_path / "counted")]) == 0
+    assert (directory / "metrics.json").stat().st_mtime_ns == before

@@ -22,7 +22,7 @@ from peft_bench.report.grid import Cell
 from peft_bench.report.profiles import profile
 from peft_bench.report.render import markdown
 from peft_bench.report.tables import build_cost_table, build_table
-from peft_bench.report.tradeoff import points, reference_device, write_tradeoff
+from peft_bench.report.tradeoff import points, write_tradeoff
 from peft_bench.results.atomic import write_text_atomic
 from peft_bench.results.protocol import protocol_hash, run_id_for
 from peft_bench.results.store import load_runs, run_dir, write_history, write_record
@@ -313,9 +313,11 @@ def test_cost_table_compares_to_full_on_the_same_device_only(tmp_path: Path) -> 
 
 
 def flops(train_gflops: float) -> dict[str, object]:
-    """A record's `flops`, as peft_bench.run writes it (per image; a third of a step is its forward)."""
+    """A record's `flops`, as peft_bench.run writes it (per image; a third of a step is its forward),
+    with a step memory account of as many MB as the step's GFLOPs per image."""
     train = train_gflops * 1e9
     return {
+        "step_memory_bytes": train_gflops * 2**20,
         "train_step": 16 * train,
         "train_per_image": train,
         "forward_per_image": train / 3,
@@ -358,9 +360,16 @@ def test_flops_columns_are_counts_that_compare_across_devices(tmp_path: Path) ->
     assert entries.loc[("Mona", "COCO Infer GFLOPs/img"), "ours"] == pytest.approx(200.0 / 3)
     assert math.isnan(entries.loc[("Mona", "COCO Step ×Full @ gpu A"), "ours"])  # times do need one device
     assert ("Mona", "COCO Train GFLOPs/img @ gpu A") not in entries.index
+    # The step memory account is counted too: any device's runs, Full's on another
+    assert entries.loc[("Mona", "COCO Step mem (MB)"), "ours"] == pytest.approx(200.0)
+    assert entries.loc[("Mona", "COCO Step mem ×Full"), "ours"] == pytest.approx(1 / 3)
 
     found = {p.method: p for p in points(table1, load_runs(results), "ap_box")}
     assert (found["Full"].train_gflops, found["Mona"].train_gflops) == (
+        pytest.approx(600.0),
+        pytest.approx(200.0),
+    )
+    assert (found["Full"].step_mem_mb, found["Mona"].step_mem_mb) == (
         pytest.approx(600.0),
         pytest.approx(200.0),
     )
@@ -394,18 +403,10 @@ def test_tradeoff_figure_places_each_method(tmp_path: Path) -> None:
     cells = PAPER.cells("1", ("method=full,mona,lora",))
     found = {p.method: p for p in points(cells, runs, "ap_box")}
     assert set(found) == {"Full", "Mona"}
-    assert (found["Mona"].score, found["Mona"].peak_mem_mb) == pytest.approx((54.0, 600.0))
+    assert found["Mona"].score == pytest.approx(54.0)
+    assert math.isnan(found["Mona"].step_mem_mb)  # recorded without the counts: no memory point
     assert found["Full"].params_m > 80 > found["Mona"].params_m  # counted on Swin-B
     figure = write_tradeoff(cells, runs, tmp_path / "tradeoff1", "table1")
     assert [p.name for p in figure.paths] == ["tradeoff1.png", "tradeoff1.pdf"]
     assert all(p.stat().st_size > 1000 for p in figure.paths)
     assert figure.missing == ["COCO: LoRA"]
-
-
-def test_tradeoff_memory_comes_from_fulls_device_only(tmp_path: Path) -> None:
-    runs = load_runs(cost_store(tmp_path / "store", "gpu B"))  # Full on B; Mona twice on A, once on B
-    cells = PAPER.cells("1", TABLE1_OVERRIDES)
-    assert reference_device(cells, runs) == "gpu B"
-    found = {p.method: p for p in points(cells, runs, "ap_box", "gpu B")}
-    assert found["Mona"].device == "gpu B" and found["Mona"].peak_mem_mb == pytest.approx(9000)
-    assert found["Mona"].score == pytest.approx(54.0)  # the metric pools every seed, whatever the device

@@ -57,6 +57,7 @@ from torch.utils.flop_counter import (
 from peft_bench.data.base import TaskData
 from peft_bench.engine.checkpoint import rng_state, set_rng_state
 from peft_bench.engine.contract import TaskModel
+from peft_bench.engine.step_memory import saved_activations, step_memory
 from peft_bench.engine.trainer import to_device
 from peft_bench.layers.merge import merged
 
@@ -76,6 +77,7 @@ class Flops:
     inference: int | None = None
     infer_bytes: int | None = None
     infer_images: int = 0
+    step_memory: int | None = None  # bytes the training step holds (`engine.step_memory`)
 
     @property
     def train(self) -> int:
@@ -94,6 +96,9 @@ class Flops:
             "infer_per_image": infer,
             "train_bytes_per_image": self.train_bytes / self.train_images,
             "infer_bytes_per_image": infer_bytes,
+            # Of the counted training batch (counted_images.train), the per-device batch: not per image,
+            # as the weights and optimiser state are not.
+            "step_memory_bytes": self.step_memory,
             "batch": batch,
             "counted_images": {"train": self.train_images, "infer": self.infer_images},
             "counter": COUNTER,
@@ -242,11 +247,17 @@ def _count(
     twin: TaskModel, images: Any, targets: Any, infer_images: Any | None, device: torch.device
 ) -> Flops:
     twin.train()
-    with counting() as forward:
+    with counting() as forward, saved_activations(twin) as saved:
         loss = twin(to_device(images, device), to_device(targets, device))
     with counting() as backward:
         loss.backward()
-    result = Flops(forward.flops, backward.flops, forward.bytes + backward.bytes, len(images))
+    result = Flops(
+        forward.flops,
+        backward.flops,
+        forward.bytes + backward.bytes,
+        len(images),
+        step_memory=step_memory(twin, saved),
+    )
     if infer_images is None:
         return result
     twin.eval()

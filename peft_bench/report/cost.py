@@ -5,7 +5,9 @@ A cell's cost is the median over its completed runs that were measured on one de
 most of them ran on. Costs measured on different devices are never compared: a ratio to Full exists
 only where Full's cell was measured on the same device, under the same protocol. FLOPs are counted,
 not measured: the same on any device, so a cell's are the median over all its completed runs that
-counted them, and their ratio to Full's needs the same protocol only.
+counted them, and their ratio to Full's needs the same protocol only; so is the step memory account
+(weights, gradients, AdamW moments and saved activations, `engine.step_memory`), which, unlike a CPU
+process's peak resident set, tells one method's training memory from another's.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import pandas as pd
 from peft_bench.report.aggregate import cell_runs
 
 COST_FIELDS = ("step_s", "train_img_s", "eval_img_s", "peak_mem_bytes", "delta_bytes")
-FLOPS_FIELDS = ("train_per_image", "forward_per_image", "backward_per_image", "infer_per_image")
+# Counted at start-up with the FLOPs (`engine.flops`): the step memory account too (`engine.step_memory`).
+FLOPS_FIELDS = (
+    "train_per_image",
+    "forward_per_image",
+    "backward_per_image",
+    "infer_per_image",
+    "step_memory_bytes",
+)
 NOT_MEASURED = "not measured"  # a cell without a completed run that recorded its cost
 # A cell whose completed runs have no FLOPs: recorded before runs counted them
 NOT_COUNTED = "not counted (python -m peft_bench.flops <results_dir> fills them)"

@@ -63,9 +63,14 @@ COST_COLUMNS = {
     "Delta (MB)": ("delta_bytes", 2**-20),
 }
 RATIO_COLUMNS = {"Step ×Full": "step_s", "Mem ×Full": "peak_mem_bytes"}
-# FLOPs columns: the record's `flops` field each shows (per image), in GFLOPs; the ratio to Full's.
-FLOPS_COLUMNS = {"Train GFLOPs/img": ("train_per_image", 1e-9), "Infer GFLOPs/img": ("infer_per_image", 1e-9)}
-FLOPS_RATIO_COLUMNS = {"FLOPs ×Full": "train_per_image"}
+# Counted columns: the record's `flops` field each shows, FLOPs per image in GFLOPs and the step memory
+# account in MB; the ratios to Full's.
+FLOPS_COLUMNS = {
+    "Train GFLOPs/img": ("train_per_image", 1e-9),
+    "Infer GFLOPs/img": ("infer_per_image", 1e-9),
+    "Step mem (MB)": ("step_memory_bytes", 2**-20),
+}
+FLOPS_RATIO_COLUMNS = {"FLOPs ×Full": "train_per_image", "Step mem ×Full": "step_memory_bytes"}
 TABLE_COST_COLUMNS = ("Step (s)", "Step ×Full", "FLOPs ×Full", "Peak mem (MB)", "Mem ×Full")  # cost=true
 COST_TABLE_COLUMNS = (
     "Delta (MB)",
@@ -76,6 +81,8 @@ COST_TABLE_COLUMNS = (
     "Train img/s",
     "Eval img/s",
     "Infer GFLOPs/img",
+    "Step mem (MB)",
+    "Step mem ×Full",
     "Peak mem (MB)",
     "Mem ×Full",
 )
@@ -98,7 +105,10 @@ COST_CAPTION = (
     "GFLOPs per image of a training step (forward and backward) and of inference (merged, as evaluated), "
     "counted by torch's FlopCounterMode on one batch, the same on any device: matmuls, convolutions and "
     "attention only (elementwise ops, norms, softmax and activations count zero); FLOPs ×Full: the "
-    "training step's, against Full under the same protocol"
+    "training step's, against Full under the same protocol. Step mem: what a training step holds, "
+    "accounted on the counted batch (weights, trainable gradients, AdamW's moments and the activations "
+    "saved for backward; the same on any device), where the peak memory is measured (on a CPU, the "
+    "process's peak resident set: mostly the process itself, alike for every method)"
 )
 
 

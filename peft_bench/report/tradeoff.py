@@ -1,6 +1,8 @@
 """The trade-off figure of a preset: each dataset's main metric against trainable parameters, against
-the training FLOPs per image and against peak memory, one point per method, the Pareto front (no other
-method scores more for less) marked. Drawn on its own Agg canvas, as Figure 5, without pyplot's global
+the training FLOPs per image and against the training step's memory, one point per method, the Pareto
+front (no other method scores more for less) marked. FLOPs and memory are counted at a run's start-up
+(`engine.flops`, `engine.step_memory`), the same on any device, so every point of a panel compares
+with every other whatever device ran it. Drawn on its own Agg canvas, as Figure 5, without pyplot's global
 state.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +30,7 @@ from peft_bench.report.tables import TASK_METRICS, protocol_of_cell, unique
 AXES = (
     ("params_m", "trainable backbone parameters (M)"),
     ("train_gflops", "training GFLOPs per image (counted)"),
-    ("peak_mem_mb", "peak memory (MB)"),
+    ("step_mem_mb", "training step memory (MB, accounted)"),
 )
 
 
@@ -37,9 +39,8 @@ class Point:
     method: str
     score: float
     params_m: float
-    peak_mem_mb: float
-    device: str | None
-    train_gflops: float = math.nan  # a training step's FLOPs per image: counted, the same on any device
+    train_gflops: float  # a training step's FLOPs per image: counted, the same on any device
+    step_mem_mb: float  # a training step's memory account (`engine.step_memory`): the same on any device
 
 
 @dataclass(frozen=True)
@@ -48,35 +49,25 @@ class TradeOff:
     missing: list[str]  # "<dataset>: <method>" of the cells drawn without a point
 
 
-def points(cells: Sequence[Cell], runs: pd.DataFrame, metric: str, device: str | None = None) -> list[Point]:
-    """One point per cell with a completed run: mean `metric`, counted parameters, median peak memory
-    (of its runs on `device` where it has some), median training FLOPs per image (of all its runs)."""
+def points(cells: Sequence[Cell], runs: pd.DataFrame, metric: str) -> list[Point]:
+    """One point per cell with a completed run: mean `metric`, counted parameters, and the medians
+    over its runs of the training FLOPs per image and of the step memory account."""
     found = []
     for cell in cells:
         stat = cell_runs(runs, cell.protocol).stat(metric)
         if not stat.n:
             continue
-        cost = cell_cost(runs, cell.protocol, protocol_of_cell(cell), prefer=device)
+        counted = cell_cost(runs, cell.protocol, protocol_of_cell(cell)).counted
         found.append(
             Point(
                 label(cell.cfg.method.name),
                 stat.mean,
                 count(cell.cfg)["backbone_trainable"] / 1e6,
-                cost.get("peak_mem_bytes") / 2**20,
-                cost.device,
-                cost.counted.get("train_per_image") / 1e9,
+                counted.get("train_per_image") / 1e9,
+                counted.get("step_memory_bytes") / 2**20,
             )
         )
     return found
-
-
-def reference_device(cells: Sequence[Cell], runs: pd.DataFrame) -> str | None:
-    """The device whose memory a panel shows: Full's, else the one most of the cells' costs come from."""
-    costs = {c.cfg.method.name: cell_cost(runs, c.protocol, protocol_of_cell(c)) for c in cells}
-    if "full" in costs and costs["full"].device:
-        return costs["full"].device
-    measured = sorted(cost.device for cost in costs.values() if cost.device)
-    return max(measured, key=measured.count) if measured else None
 
 
 def draw(axes: Axes, found: list[Point], x: str) -> None:
@@ -103,40 +94,34 @@ def write_tradeoff(cells: Sequence[Cell], runs: pd.DataFrame, stem: Path, preset
     figure = Figure(figsize=(12, 3.2 * len(datasets) + 0.8))
     FigureCanvasAgg(figure)
     grid = figure.subplots(len(datasets), len(AXES), squeeze=False)
-    missing, elsewhere, uncounted = [], [], []
+    missing, uncounted = [], []
     for row, dataset in zip(grid, datasets, strict=True):
         mine = [cell for cell in cells if cell.cfg.data.name == dataset]
         metric = TASK_METRICS[mine[0].cfg.data.task][0]
-        device = reference_device(mine, runs)
-        found = points(mine, runs, metric, device)
+        found = points(mine, runs, metric)
         shown = {p.method for p in found}
         missing += [
             f"{label(dataset)}: {label(c.cfg.method.name)}"
             for c in mine
             if label(c.cfg.method.name) not in shown
         ]
-        # Memory from one device only: a point measured on another has none in that panel.
-        elsewhere += [
-            f"{label(dataset)}: {p.method} ({p.device})" for p in found if p.device not in (device, None)
-        ]
-        uncounted += [f"{label(dataset)}: {p.method}" for p in found if math.isnan(p.train_gflops)]
-        on_device = [p if p.device == device else replace(p, peak_mem_mb=math.nan) for p in found]
+        uncounted += [f"{label(dataset)}: {p.method}" for p in found if math.isnan(p.step_mem_mb)]
         for axes, (x, title) in zip(row, AXES, strict=True):
-            draw(axes, on_device, x)
-            axes.set_xlabel(f"{title} on {device}" if x == "peak_mem_mb" and device else title, fontsize=8)
+            draw(axes, found, x)
+            axes.set_xlabel(title, fontsize=8)
             axes.set_ylabel(f"{label(dataset)} {label(metric)}", fontsize=8)
             axes.tick_params(labelsize=7)
     caption = (
         f"Trade-offs (preset {preset}): the mean metric over seeds against trainable backbone parameters "
         "(counted), a training step's FLOPs per image (counted by torch's FlopCounterMode on one batch: "
-        "matmuls, convolutions and attention only; the same on any device) and the median peak memory "
-        "of the runs on one device (Full's); filled, joined points: the Pareto front."
+        "matmuls, convolutions and attention only) and what a training step holds (accounted: weights, "
+        "trainable gradients, AdamW's moments and the activations saved for backward), both the same on "
+        "any device; filled, joined points: the Pareto front."
     )
-    if elsewhere:
-        caption += f" Memory measured on another device, not drawn: {'; '.join(elsewhere)}."
     if uncounted:
         caption += (
-            f" No FLOPs counted (runs recorded before runs counted them), not drawn: {'; '.join(uncounted)}."
+            " Not counted (runs recorded before runs counted them; python -m peft_bench.flops fills them), "
+            f"not drawn in those panels: {'; '.join(uncounted)}."
         )
     if missing:
         caption += f" No completed run: {'; '.join(missing)}."
