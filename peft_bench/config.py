@@ -183,6 +183,12 @@ class DataConfig:
     train_size: int | None = None
     val_size: int | None = None
     test_size: int | None = None
+    # Embedded scenes only (None: the dataset's own choice): the main object's radius range in fractions
+    # of the image side, the distractors' in fractions of the main object's, and the most objects a
+    # scene holds (`peft_bench.data.scenes.SceneGenerator`'s scale, distractor_scale, max_objects).
+    object_scale: list[float] | None = None
+    distractor_scale: list[float] | None = None
+    max_objects: int | None = None
     normalization: Normalization = Normalization.imagenet  # classification inputs
     # VOC detection: train on VOC2007 trainval alone, deliberately (the paper's runs train on
     # VOC2007 + VOC2012, and `protocol=paper` refuses a devkit without VOC2012 unless this is set).

@@ -293,12 +293,16 @@ def test_new_keys_at_their_neutral_values_leave_the_protocol_hash_alone() -> Non
         deterministic = compose(config_name="config", overrides=["trainer.deterministic=true"])
         tf32 = compose(config_name="config", overrides=["trainer.tf32=true"])
         voc2007 = compose(config_name="config", overrides=["data.voc2007_only=true"])
+        scenes = compose(config_name="config", overrides=["data.max_objects=2"])
+        single = compose(config_name="config", overrides=["dataset=shapes_single"])
         ade20k = compose(config_name="config", overrides=["dataset=ade20k"])
     assert "schedule" not in protocol_of(default)["trainer"] and "init" not in protocol_of(default)["head"]
     assert not {"deterministic", "tf32"} & set(protocol_of(default)["trainer"])
     assert "voc2007_only" not in protocol_of(default)["data"]
-    hashes = {protocol_hash(cfg) for cfg in (default, mmcv, paper, deterministic, tf32, voc2007)}
-    assert len(hashes) == 6
+    unset = protocol_of(single)["data"]  # shapes_single sets no scene key (shapes sets its object scale)
+    assert not {"object_scale", "distractor_scale", "max_objects"} & set(unset)
+    hashes = {protocol_hash(cfg) for cfg in (default, mmcv, paper, deterministic, tf32, voc2007, scenes)}
+    assert len(hashes) == 7
     # The ADE20K reference's fp32 ran its matmuls in TF32 (RTX 3090, PyTorch 1.8.1): its preset too.
     assert protocol_of(ade20k)["trainer"]["tf32"] is True
 

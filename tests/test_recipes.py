@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hydra import compose
 
+from peft_bench.builder import build_data
+from peft_bench.errors import UserError
 from peft_bench.report.grid import config_session
 
 
@@ -27,6 +30,36 @@ def composed(*overrides: str):
 def test_a_dataset_selects_its_recipe(dataset: str, lr: float, epochs: int, iterations: int | None) -> None:
     trainer = composed(f"dataset={dataset}").trainer
     assert (trainer.lr, trainer.epochs, trainer.iterations) == (pytest.approx(lr), epochs, iterations)
+
+
+@pytest.mark.parametrize("dataset", ["shapes_single", "shapes_det", "shapes_seg", "vtab_mini_count"])
+def test_an_embedded_datasets_scene_keys_reach_its_generator(dataset: str) -> None:
+    """Unset, the dataset's own scenes (shapes_single: one large object); set, what the keys say, for
+    every split it has, and the scenes change with them."""
+    own = build_data(composed(f"dataset={dataset}", "data.train_size=4")).train.generator
+    keys = ("data.object_scale=[0.2,0.25]", "data.distractor_scale=[0.9,1.0]", "data.max_objects=4")
+    data = build_data(composed(f"dataset={dataset}", "data.train_size=4", *keys))
+    for split in (s for s in (data.train, data.val, data.test) if s is not None):
+        chosen = split.generator
+        assert (chosen.scale, chosen.distractor_scale, chosen.max_objects) == ((0.2, 0.25), (0.9, 1.0), 4)
+    assert own.scale != (0.2, 0.25) and (dataset != "shapes_single" or own.max_objects == 1)
+    assert not np.array_equal(data.train.scene(0).image, own.scene(0).image)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "data.object_scale=[0.3]",
+        "data.object_scale=[0.4,0.3]",
+        "data.object_scale=[0.3,0.6]",
+        "data.distractor_scale=[0,0.5]",
+        "data.max_objects=0",
+    ],
+)
+def test_a_bad_scene_key_is_a_one_paragraph_error_naming_it(key: str) -> None:
+    with pytest.raises(UserError) as error:
+        build_data(composed("dataset=shapes_det", "data.train_size=4", key))
+    assert key.split("=")[0] in str(error.value) and "\n" not in str(error.value)
 
 
 def test_the_command_line_recipe_wins_over_the_datasets() -> None:

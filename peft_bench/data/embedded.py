@@ -27,11 +27,37 @@ from peft_bench.data.scenes import (
 from peft_bench.data.splits import selection_of, without_holdout
 from peft_bench.data.targets import RandomFlip, Target
 from peft_bench.data.transforms import tensor_transforms
+from peft_bench.errors import UserError
 
 
 def scene_size(cfg: Config, default: int | None = None) -> int:
     """The side of generated scenes: `data.image_size`, else `default`, else the backbone's image size."""
     return cfg.data.image_size or default or image_size(cfg.backbone)
+
+
+def scene_options(cfg: DataConfig, **defaults: Any) -> dict[str, Any]:
+    """A dataset's `SceneGenerator` options (`defaults`), overridden by the config's scene keys,
+    checked: a bad range would otherwise draw nonsense scenes without a word."""
+    ranges = {
+        "scale": ("data.object_scale", cfg.object_scale, 0.5),  # a centred disc must fit the image
+        "distractor_scale": ("data.distractor_scale", cfg.distractor_scale, None),
+    }
+    chosen = {}
+    for option, (key, value, most) in ranges.items():
+        if value is None:
+            continue
+        if len(value) != 2 or not 0 < value[0] <= value[1] or (most is not None and value[1] > most):
+            bound = f" and at most {most}" if most is not None else ""
+            raise UserError(
+                f"{key}={list(value)} is not a range: give two numbers [low, high] with "
+                f"0 < low <= high{bound}, e.g. {key}=[0.3,0.45]."
+            )
+        chosen[option] = (float(value[0]), float(value[1]))
+    if cfg.max_objects is not None:
+        if cfg.max_objects < 1:
+            raise UserError(f"data.max_objects={cfg.max_objects}: a scene holds at least one object.")
+        chosen["max_objects"] = cfg.max_objects
+    return defaults | chosen
 
 
 def scene_task_data(
@@ -76,7 +102,9 @@ def build_scene_classification(
 ) -> TaskData:
     """Embedded scenes (`peft_bench.data.scenes`) labelled with the class of their largest object,
     drawn at `data.image_size`."""
-    generator = SceneGenerator(img_size=cfg.image_size or img_size, seed=seed, **generator_options)
+    generator = SceneGenerator(
+        img_size=cfg.image_size or img_size, seed=seed, **scene_options(cfg, **generator_options)
+    )
     evaluation = tensor_transforms(train=False, normalization=cfg.normalization)
     training = tensor_transforms(train=True, normalization=cfg.normalization)
     transforms = {"train": training, "val": evaluation, "test": evaluation}
@@ -96,7 +124,9 @@ class SceneBoxes:
 
 def build_scene_detection_data(cfg: DataConfig, image_size: int) -> TaskData:
     """The embedded scenes' boxes over the ten downstream shape classes, generated at `image_size`."""
-    generator = SceneGenerator(DOWNSTREAM_CLASSES, img_size=image_size, seed=cfg.split_seed)
+    generator = SceneGenerator(
+        DOWNSTREAM_CLASSES, img_size=image_size, seed=cfg.split_seed, **scene_options(cfg)
+    )
     transforms = {
         "train": SceneBoxes(train=True),
         "val": SceneBoxes(train=False),
@@ -108,7 +138,9 @@ def build_scene_detection_data(cfg: DataConfig, image_size: int) -> TaskData:
 def build_scene_instance_data(cfg: DataConfig, image_size: int) -> TaskData:
     """The embedded scenes (`peft_bench.data.scenes`) of the ten downstream shape kinds with their
     instance masks, generated at `image_size`."""
-    generator = SceneGenerator(DOWNSTREAM_CLASSES, img_size=image_size, seed=cfg.split_seed)
+    generator = SceneGenerator(
+        DOWNSTREAM_CLASSES, img_size=image_size, seed=cfg.split_seed, **scene_options(cfg)
+    )
     return scene_task_data(
         cfg, SceneDetection, generator, {"train": RandomFlip()}, (1000, 200, 200), collate_lists
     )
@@ -117,7 +149,9 @@ def build_scene_instance_data(cfg: DataConfig, image_size: int) -> TaskData:
 def build_scene_segmentation(cfg: DataConfig, image_size: int) -> TaskData:
     """The embedded scenes' semantic maps: 11 classes, the background a class of its own (it is a
     real region of each scene, unlike ADE20K's "other")."""
-    generator = SceneGenerator(DOWNSTREAM_CLASSES, img_size=image_size, seed=cfg.split_seed)
+    generator = SceneGenerator(
+        DOWNSTREAM_CLASSES, img_size=image_size, seed=cfg.split_seed, **scene_options(cfg)
+    )
     evaluation = FlipNormalise(train=False)
     transforms = {"train": FlipNormalise(train=True), "val": evaluation, "test": evaluation}
     return scene_task_data(

@@ -26,6 +26,7 @@ import torch
 
 from peft_bench.config import DataConfig, Selection
 from peft_bench.data.base import TaskData
+from peft_bench.data.embedded import scene_options
 from peft_bench.data.scenes import DOWNSTREAM_CLASSES, PATTERNS, Scene, SceneGenerator, SceneView, to_tensor
 from peft_bench.data.splits import selection_of, without_holdout
 from peft_bench.data.suites import VTAB_MINI
@@ -118,7 +119,9 @@ def build_vtab_mini(cfg: DataConfig, img_size: int, seed: int, task: str) -> Tas
     """The splits of the embedded VTAB task `task`, as VTAB-1k's lists by `data.selection_split`:
     val -> train800, val200; none -> train800val200; test -> train800val200, val = test."""
     spec = MINI_TASKS[task]
-    generator = SceneGenerator(spec.classes, img_size=cfg.image_size or img_size, seed=seed, **spec.options)
+    generator = SceneGenerator(
+        spec.classes, img_size=cfg.image_size or img_size, seed=seed, **scene_options(cfg, **spec.options)
+    )
     transform = tensor_transforms(train=False, normalization=cfg.normalization)
     train, val = cfg.train_size or TRAIN, cfg.val_size or VAL
     view = partial(LabelledScenes, generator, transform=transform, label=spec.label)

@@ -71,6 +71,9 @@ NEUTRAL: dict[str, Any] = {
     "trainer.tf32": False,
     "data.normalization": "imagenet",
     "data.voc2007_only": False,
+    "data.object_scale": None,
+    "data.distractor_scale": None,
+    "data.max_objects": None,
     "tuning.stage": "none",
 }
 
