@@ -3,7 +3,7 @@ test metric, Full's and Fixed's, and their validation curves, from the run recor
 
     python scripts/embedded_curves.py results/mini/store --out results/mini/curves
 
-Writes `<out>.md` (a table) and `<out>.png` (a panel per task). The runs are the mini presets' seed-0
+Writes `<out>.md` (a table) and `<out>.png` / `.pdf` (a panel per task). The runs are the mini presets' seed-0
 cells and, for "untrained", the same command as Full's with `trainer.max_steps=0` (the test split
 scored before any step); a missing run is named with the command that makes it.
 """
@@ -19,7 +19,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from peft_bench.plugins import config_session, load_plugins
+from peft_bench.report.figure import save_figure
 from peft_bench.report.tables import TASK_METRICS
+from peft_bench.results.atomic import write_text_atomic
 from peft_bench.results.protocol import protocol_hash
 from peft_bench.results.store import load_runs
 
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         if found["full"] is not None:
             curve = pd.DataFrame(found["full"]["val_history"])[metric]
             tail = max(1, len(curve) // 5)  # the last fifth of the epochs
-            row["full_val_gain_last_fifth"] = float(curve.iloc[-1] - curve.iloc[-1 - tail])
+            if len(curve) > tail:
+                row["full_val_gain_last_fifth"] = float(curve.iloc[-1] - curve.iloc[-1 - tail])
             row["full_wall_min"] = found["full"]["wall_s"] / 60
         if row["untrained"] is not None:
             axes.axhline(row["untrained"], ls="--", c="grey", label="untrained (test)")
@@ -100,12 +103,12 @@ def main(argv: list[str] | None = None) -> None:
         axes.legend(fontsize=6)
         rows.append(row)
     figure.tight_layout()
-    figure.savefig(args.out.with_suffix(".png"), dpi=110)
+    save_figure(figure, args.out)
     table = pd.DataFrame(rows)
     shown = [[text(value) for value in row] for row in table.itertuples(index=False)]
     lines = ["| " + " | ".join(row) + " |" for row in [list(table.columns), *shown]]
     lines.insert(1, "|" + "---|" * len(table.columns))
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print(table.to_string(index=False))
     for command in missing:
         print(f"missing: python -m peft_bench {command} paths.results_dir={args.results_dir}")

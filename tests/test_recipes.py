@@ -53,6 +53,7 @@ def test_an_embedded_datasets_scene_keys_reach_its_generator(dataset: str) -> No
         "data.object_scale=[0.4,0.3]",
         "data.object_scale=[0.3,0.6]",
         "data.distractor_scale=[0,0.5]",
+        "data.distractor_scale=[0.5,1.5]",
         "data.max_objects=0",
     ],
 )

@@ -40,17 +40,16 @@ def scene_options(cfg: DataConfig, **defaults: Any) -> dict[str, Any]:
     checked: a bad range would otherwise draw nonsense scenes without a word."""
     ranges = {
         "scale": ("data.object_scale", cfg.object_scale, 0.5),  # a centred disc must fit the image
-        "distractor_scale": ("data.distractor_scale", cfg.distractor_scale, None),
+        "distractor_scale": ("data.distractor_scale", cfg.distractor_scale, 1.0),  # the main one is largest
     }
     chosen = {}
     for option, (key, value, most) in ranges.items():
         if value is None:
             continue
-        if len(value) != 2 or not 0 < value[0] <= value[1] or (most is not None and value[1] > most):
-            bound = f" and at most {most}" if most is not None else ""
+        if len(value) != 2 or not 0 < value[0] <= value[1] <= most:
             raise UserError(
                 f"{key}={list(value)} is not a range: give two numbers [low, high] with "
-                f"0 < low <= high{bound}, e.g. {key}=[0.3,0.45]."
+                f"0 < low <= high <= {most}, e.g. {key}=[0.3,0.45]."
             )
         chosen[option] = (float(value[0]), float(value[1]))
     if cfg.max_objects is not None:
