@@ -233,6 +233,10 @@ class RetinaNetHeadConfig(DetectorHeadConfig):
     # Anchors as mmdet's AnchorGenerator: octave scales base * 2^(k/3) exact, base anchors not rounded to
     # whole pixels; false: torchvision's (sizes truncated to integers, base anchors rounded).
     mmdet_anchors: bool = False
+    # GroupNorm (32 groups) after each conv of the classification and box subnets, as torchvision's
+    # RetinaNet v2 head (`retinanet_resnet50_fpn_v2`) and mmdet's `norm_cfg=dict(type="GN")`: a
+    # from-scratch head that learns faster; false: the paper's (and torchvision's v1) plain convs.
+    group_norm: bool = False
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import SMOKE, records, run_cli
 from PIL import Image
+from torch import nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.image_list import ImageList
 
@@ -342,6 +343,26 @@ def test_p7_follows_p6_with_or_without_the_relu_between(relu: bool) -> None:
         expected = extra.p7(p6.clamp(min=0) if relu else p6)
         torch.testing.assert_close(features["p7"], expected)
         assert not torch.allclose(features["p7"], extra.p7(p6 if relu else p6.clamp(min=0)))
+
+
+def test_group_norm_in_the_head_follows_each_subnet_conv_and_leaves_the_plain_head_alone() -> None:
+    """head.group_norm: a GroupNorm(32) after each of the four convs of both subnets, whose bias it
+    replaces (torchvision's v2 head): 16 tensors more, 8 fewer; off, the plain head of the paper; a
+    width that 32 groups cannot split is a one-paragraph error."""
+
+    def head(**options: object) -> nn.Module:
+        config = RetinaNetHeadConfig(**{"fpn_channels": 64, "min_size": [64], "max_size": 64, **options})
+        return RetinaNetModel(micro_backbone(), 10, config).detector.head
+
+    plain, normed = head(), head(group_norm=True)
+    norms = [m for m in normed.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 8 and all((m.num_groups, m.num_channels) == (32, 64) for m in norms)
+    assert not any(isinstance(m, nn.GroupNorm) for m in plain.modules())
+    subnet_convs = [m for m in normed.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 64]
+    assert len(subnet_convs) == 8 and all(m.bias is None for m in subnet_convs)
+    assert len(normed.state_dict()) - len(plain.state_dict()) == 16 - 8
+    with pytest.raises(UserError, match=r"head\.fpn_channels to a multiple of 32"):
+        head(group_norm=True, fpn_channels=48)
 
 
 def test_training_step_and_predict_on_voc(voc_root: Path) -> None:

@@ -295,8 +295,10 @@ def test_new_keys_at_their_neutral_values_leave_the_protocol_hash_alone() -> Non
         voc2007 = compose(config_name="config", overrides=["data.voc2007_only=true"])
         scenes = compose(config_name="config", overrides=["data.max_objects=2"])
         single = compose(config_name="config", overrides=["dataset=shapes_single"])
+        detection = compose(config_name="config", overrides=["dataset=shapes_det"])
         ade20k = compose(config_name="config", overrides=["dataset=ade20k"])
     assert "schedule" not in protocol_of(default)["trainer"] and "init" not in protocol_of(default)["head"]
+    assert "group_norm" not in protocol_of(detection)["head"]
     assert not {"deterministic", "tf32"} & set(protocol_of(default)["trainer"])
     assert "voc2007_only" not in protocol_of(default)["data"]
     unset = protocol_of(single)["data"]  # shapes_single sets no scene key (shapes sets its object scale)

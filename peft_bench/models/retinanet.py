@@ -19,6 +19,8 @@ by one on the way in and out, so that no output is wasted on a background that n
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from torchvision.models.detection import RetinaNet
@@ -35,6 +37,7 @@ from peft_bench.models.fpn import BackboneFPN, ExtraLevelsOnInput, PyramidBackbo
 
 FPN_STAGES = (1, 2, 3)
 RATIOS = (0.5, 1.0, 2.0)
+GROUPS = 32  # GroupNorm's groups in the subnets with `head.group_norm` (torchvision's v2 head, mmdet's GN)
 TORCHVISION_ANCHOR_SIZES = (32, 64, 128, 256, 512)  # base sizes on P3-P7: torchvision's and mmdet's
 
 
@@ -102,6 +105,11 @@ class RetinaNetModel(TaskModel):
                 f"head.anchor_sizes needs one base size per FPN level ({len(FPN_STAGES) + 2}: P3-P7), "
                 f"got {list(head.anchor_sizes)}."
             )
+        if head.group_norm and head.fpn_channels % GROUPS:
+            raise UserError(
+                f"head.group_norm splits the head's {head.fpn_channels} channels into {GROUPS} groups: set "
+                f"head.fpn_channels to a multiple of {GROUPS}, or head.group_norm=false."
+            )
         fpn = retinanet_fpn(backbone, head)
         anchors = anchor_generator(list(head.anchor_sizes or TORCHVISION_ANCHOR_SIZES), head.mmdet_anchors)
         detector = MmdetRetinaNet if head.mmdet_candidates else RetinaNet
@@ -113,7 +121,12 @@ class RetinaNetModel(TaskModel):
             image_mean=IMAGENET_MEAN,
             image_std=IMAGENET_STD,
             anchor_generator=anchors,
-            head=Float32RetinaNetHead(fpn.out_channels, anchors.num_anchors_per_location()[0], num_classes),
+            head=Float32RetinaNetHead(
+                fpn.out_channels,
+                anchors.num_anchors_per_location()[0],
+                num_classes,
+                norm_layer=partial(nn.GroupNorm, GROUPS) if head.group_norm else None,
+            ),
             detections_per_img=100,
         )
 

@@ -57,6 +57,7 @@ NEUTRAL: dict[str, Any] = {
     "head.mmdet_rpn": False,
     "head.mmdet_candidates": False,
     "head.mmdet_anchors": False,
+    "head.group_norm": False,
     "head.norm_group": None,
     "trainer.no_decay": ["vectors", "position_tables"],
     "trainer.schedule": "warmup_cosine",
