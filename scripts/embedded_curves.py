@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from peft_bench.plugins import config_session, load_plugins
 from peft_bench.report.figure import save_figure
+from peft_bench.report.render import markdown_lines
 from peft_bench.report.tables import TASK_METRICS
 from peft_bench.results.atomic import write_text_atomic
 from peft_bench.results.protocol import protocol_hash
@@ -106,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     save_figure(figure, args.out)
     table = pd.DataFrame(rows)
     shown = [[text(value) for value in row] for row in table.itertuples(index=False)]
-    lines = ["| " + " | ".join(row) + " |" for row in [list(table.columns), *shown]]
-    lines.insert(1, "|" + "---|" * len(table.columns))
+    lines = markdown_lines(list(table.columns), shown)
     write_text_atomic(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print(table.to_string(index=False))
     for command in missing:

@@ -6,7 +6,7 @@ Each task's view of the scenes (`peft_bench.data.scenes`) is built here, at a si
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,25 +38,25 @@ def scene_size(cfg: Config, default: int | None = None) -> int:
 def scene_options(cfg: DataConfig, **defaults: Any) -> dict[str, Any]:
     """A dataset's `SceneGenerator` options (`defaults`), overridden by the config's scene keys,
     checked: a bad range would otherwise draw nonsense scenes without a word."""
-    ranges = {
-        "scale": ("data.object_scale", cfg.object_scale, 0.5),  # a centred disc must fit the image
-        "distractor_scale": ("data.distractor_scale", cfg.distractor_scale, 1.0),  # the main one is largest
-    }
-    chosen = {}
-    for option, (key, value, most) in ranges.items():
-        if value is None:
-            continue
-        if len(value) != 2 or not 0 < value[0] <= value[1] <= most:
-            raise UserError(
-                f"{key}={list(value)} is not a range: give two numbers [low, high] with "
-                f"0 < low <= high <= {most}, e.g. {key}=[0.3,0.45]."
-            )
-        chosen[option] = (float(value[0]), float(value[1]))
+    chosen: dict[str, Any] = {}
+    if cfg.object_scale is not None:  # a centred disc of the main object's radius must fit the image
+        chosen["scale"] = _checked_range("data.object_scale", cfg.object_scale, most=0.5)
+    if cfg.distractor_scale is not None:  # no distractor larger than the main object
+        chosen["distractor_scale"] = _checked_range("data.distractor_scale", cfg.distractor_scale, most=1.0)
     if cfg.max_objects is not None:
         if cfg.max_objects < 1:
             raise UserError(f"data.max_objects={cfg.max_objects}: a scene holds at least one object.")
         chosen["max_objects"] = cfg.max_objects
     return defaults | chosen
+
+
+def _checked_range(key: str, value: Sequence[float], most: float) -> tuple[float, float]:
+    if len(value) != 2 or not 0 < value[0] <= value[1] <= most:
+        raise UserError(
+            f"{key}={list(value)} is not a range: give two numbers [low, high] with "
+            f"0 < low <= high <= {most}, e.g. {key}=[0.3,0.45]."
+        )
+    return float(value[0]), float(value[1])
 
 
 def scene_task_data(

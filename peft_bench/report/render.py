@@ -136,8 +136,12 @@ def legend(table: Table) -> str:
 
 def markdown(table: Table) -> str:
     header, *body = grid(table)
-    lines = [_markdown_row(header), "|" + "|".join(["---"] * len(header)) + "|", *map(_markdown_row, body)]
-    return "\n".join([f"**{table.caption}**", "", *lines, "", legend(table), ""])
+    return "\n".join([f"**{table.caption}**", "", *markdown_lines(header, body), "", legend(table), ""])
+
+
+def markdown_lines(header: list[str], body: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule and a line per row."""
+    return [_markdown_row(header), "|" + "|".join(["---"] * len(header)) + "|", *map(_markdown_row, body)]
 
 
 def _markdown_row(cells: list[str]) -> str:
