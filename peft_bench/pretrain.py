@@ -7,7 +7,8 @@ Delta-tuning presumes a pretrained backbone, and no weights can be downloaded he
 disjoint from the downstream ten and drawn in another style, the ImageNet-22k of this small world.
 It is an ordinary run (run record, resume, progress bar); at its end the selected backbone is
 written in timm's format, fp16, with a sidecar JSON holding the config that produced it, its
-upstream metrics and the file's SHA-256. `backbone.weights=mini` loads the shipped one.
+upstream metrics, the file's SHA-256 and its revision (the next one where it replaces a file of other
+content: `peft_bench.backbones.shipped`). `backbone.weights=mini` loads the shipped one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save
 
+from peft_bench.backbones.shipped import export_revision, sidecar_of
 from peft_bench.errors import TrainingDiverged, UserError
 from peft_bench.plugins import register_configs
 from peft_bench.results.atomic import write_atomic, write_json_atomic
@@ -40,10 +42,13 @@ def export_backbone(record: dict[str, Any], cfg: DictConfig, output: Path) -> di
     prefix = "backbone."
     backbone = {k[len(prefix) :]: v.half().contiguous() for k, v in delta.items() if k.startswith(prefix)}
     metadata = {"format": "timm", "backbone": cfg.backbone.name, "run_id": record["run_id"]}
+    revision = export_revision(output, record["run_id"])  # read before the file it may replace is written
     write_atomic(output, lambda f: f.write(save(backbone, metadata=metadata)))
     info = {
         "file": output.name,
         "sha256": sha256_of(output),
+        "run_id": record["run_id"],
+        "revision": revision,
         "backbone": cfg.backbone.name,
         "command": "python -m peft_bench.pretrain " + " ".join(sys.argv[1:]),
         "upstream": {"dataset": cfg.data.name, "test": record["metrics"], "best": record["best"]},
@@ -52,7 +57,7 @@ def export_backbone(record: dict[str, Any], cfg: DictConfig, output: Path) -> di
         "versions": record["versions"],
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_json_atomic(output.with_suffix(".json"), info)
+    write_json_atomic(sidecar_of(output), info)
     return info
 
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from peft_bench.backbones import Part, build_backbone
-from peft_bench.backbones.weights import shipped_files
+from peft_bench.backbones.shipped import export_revision, shipped_files, sidecar_of
 from peft_bench.config import BackboneConfig, Config, MethodConfig
 from peft_bench.pretrain import export_backbone
 
@@ -56,9 +56,22 @@ def test_export_writes_a_timm_checkpoint_of_the_selected_backbone(tmp_path: Path
     output = tmp_path / "out" / "swin_micro-shapes_upstream.safetensors"
     info = export_backbone(record, cfg, output)
     assert info["sha256"] == hashlib.sha256(output.read_bytes()).hexdigest()
-    assert json.loads(output.with_suffix(".json").read_text())["upstream"]["test"] == {"top1": 50.0}
+    sidecar = json.loads(output.with_suffix(".json").read_text())
+    assert sidecar["upstream"]["test"] == {"top1": 50.0} and sidecar["revision"] == 1
 
     loaded = build_backbone(BackboneConfig(name="swin_micro", weights=str(output)))
     x = torch.randn(1, 3, 64, 64)
     trained.eval(), loaded.eval()
     torch.testing.assert_close(loaded(x), trained.half().float()(x))  # stored in fp16
+
+
+def test_an_export_over_a_checkpoint_of_another_run_is_its_next_revision(tmp_path: Path) -> None:
+    """The same run again keeps the revision (an export repeated); another run, or a file of unknown
+    origin, takes the next."""
+    output = tmp_path / "swin_micro-shapes_upstream.safetensors"
+    assert export_revision(output, "r1") == 1
+    sidecar_of(output).write_text(json.dumps({"run_id": "r1", "revision": 2}))
+    assert export_revision(output, "r1") == 2
+    assert export_revision(output, "r2") == 3
+    sidecar_of(output).write_text(json.dumps({"sha256": "0" * 64}))
+    assert export_revision(output, "r1") == 2

@@ -5,6 +5,7 @@ the paper's protocol reports its last checkpoint."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from hydra import compose
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from peft_bench.backbones import BACKBONES, shipped
 from peft_bench.backbones.swin import build_swin
 from peft_bench.config import HeadInit, MethodInit, NoDecay
 from peft_bench.engine.optim import parameter_groups
@@ -307,6 +309,25 @@ def test_new_keys_at_their_neutral_values_leave_the_protocol_hash_alone() -> Non
     assert len(hashes) == 7
     # The ADE20K reference's fp32 ran its matmuls in TF32 (RTX 3090, PyTorch 1.8.1): its preset too.
     assert protocol_of(ade20k)["trainer"]["tf32"] is True
+
+
+def test_a_shipped_checkpoints_revision_enters_the_hash_after_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs on a replaced shipped checkpoint never pass for runs on the one it replaced; runs on a
+    first revision keep the hashes they had before revisions existed."""
+    with config_session():
+        cfg = compose(config_name="config", overrides=["backbone=swin_micro", "backbone.weights=mini"])
+    before = protocol_hash(cfg)
+    assert "weights_revision" not in protocol_of(cfg)["backbone"]
+    sidecar = tmp_path / BACKBONES["swin_micro"].shipped["mini"].replace(".safetensors", ".json")
+    sidecar.write_text(json.dumps({"revision": 2}))
+    monkeypatch.setattr(shipped, "PRETRAINED_DIR", tmp_path)
+    assert protocol_of(cfg)["backbone"]["weights_revision"] == 2
+    assert protocol_hash(cfg) != before
+    with config_session():
+        other = compose(config_name="config", overrides=["backbone=swin_nano", "backbone.weights=mini"])
+    assert "weights_revision" not in protocol_of(other)["backbone"]  # no sidecar there: the first
 
 
 def test_a_paper_protocol_run_trains_on_everything_and_reports_its_last_checkpoint(results_dir: Path) -> None:

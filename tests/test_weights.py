@@ -15,7 +15,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from peft_bench.backbones import BACKBONES, build_backbone, weights
+from peft_bench.backbones import BACKBONES, build_backbone, shipped, weights
 from peft_bench.backbones.swin import KNOWN_SIZES, SwinBackbone, build_swin
 from peft_bench.backbones.swin_checkpoints import load_checkpoint, to_openmmlab
 from peft_bench.config import BackboneConfig
@@ -147,7 +147,7 @@ def test_a_checkpoint_of_another_window_size_loads(tmp_path: Path) -> None:
 def test_a_shipped_name_loads_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saved = _random_micro(seed=0)
     torch.save(saved.state_dict(), tmp_path / "mini.pth")
-    monkeypatch.setattr(weights, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setattr(shipped, "PRETRAINED_DIR", tmp_path)
     monkeypatch.setitem(
         BACKBONES, "swin_micro", replace(BACKBONES["swin_micro"], shipped={"mini": "mini.pth"})
     )

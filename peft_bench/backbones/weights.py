@@ -20,16 +20,12 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 
 from peft_bench.backbones.base import BACKBONES, BackboneEntry
+from peft_bench.backbones.shipped import shipped_files, shipped_path
 from peft_bench.errors import UserError
 
 NONE = "none"
 HUB_HOST = "huggingface.co"
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm fetches from a hub repository
-# The checkpoints shipped with the package (`BackboneEntry.shipped` names files here): `mini` is a
-# size's own pretraining on the embedded upstream task (`python -m peft_bench.pretrain
-# backbone=<size>`; each sidecar JSON holds the command, the config, the upstream metrics and the
-# SHA-256), shipped for the sizes that have no hub weights.
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 _SHOWN_KEYS = 3  # how many offending keys an error message names
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -43,16 +39,6 @@ class HubWeights:
 
 
 Weights = str | HubWeights | Path  # `none`, hub weights, or a checkpoint file
-
-
-def shipped_path(entry: BackboneEntry, key: str) -> Path:
-    """The file of a checkpoint shipped for `entry`."""
-    return PRETRAINED_DIR / entry.shipped[key]
-
-
-def shipped_files(key: str) -> dict[str, Path]:
-    """Every size's shipped checkpoint named `key` (e.g. `mini`), by size."""
-    return {name: shipped_path(e, key) for name, e in BACKBONES.items() if key in e.shipped}
 
 
 def _shipped_keys() -> list[str]:

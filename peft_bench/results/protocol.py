@@ -8,7 +8,9 @@ Keys added to the schema after results were recorded stay out of the hash while 
 value that reproduces the behaviour from before they existed (`NEUTRAL`), and a head's fields are
 hashed as the single head schema of that time had them (`SINGLE_HEAD_SCHEMA`), so that the same
 command keeps its run id and committed results stay matched to their cells. The resolved precision
-is part of the protocol (fp32, the CPU's, hashes as before it was); the device is not.
+is part of the protocol (fp32, the CPU's, hashes as before it was); the device is not. A shipped
+checkpoint (`backbone.weights=mini`) enters by its name and its revision (`backbones.shipped`), the
+first revision hashing as before revisions existed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from peft_bench.backbones.shipped import FIRST_REVISION, shipped_revision
 from peft_bench.config import Selection, TuningStage
+from peft_bench.registry import BACKBONES
 
 # Dotted keys that never change a result.
 NON_PROTOCOL_KEYS = (
@@ -43,6 +47,7 @@ NON_PROTOCOL_KEYS = (
 
 # Dotted key -> the value that does what the harness did before the key existed.
 NEUTRAL: dict[str, Any] = {
+    "backbone.weights_revision": FIRST_REVISION,
     "backbone.always_partition": False,
     "backbone.fresh_output_norms": False,
     "method.after_norm": None,  # VPT: the family's own placement (the Mona authors' on Swin)
@@ -117,6 +122,10 @@ def protocol_of(cfg: DictConfig) -> dict[str, Any]:
     if trainer.get("precision") == "auto":
         trainer["precision"] = "fp32"
     trainer["amp"] = True  # the key that `precision` replaced, as every run before it had it
+    backbone = protocol["backbone"]
+    entry = BACKBONES.get(backbone["name"])
+    if entry is not None and backbone["weights"] in entry.shipped:
+        backbone["weights_revision"] = shipped_revision(entry, backbone["weights"])
     for dotted in NON_PROTOCOL_KEYS:
         _pop(protocol, dotted)
     for dotted, neutral in NEUTRAL.items():
