@@ -8,7 +8,7 @@ disjoint from the downstream ten and drawn in another style, the ImageNet-22k of
 It is an ordinary run (run record, resume, progress bar); at its end the selected backbone is
 written in timm's format, fp16, with a sidecar JSON holding the config that produced it, its
 upstream metrics, the file's SHA-256 and its revision (the next one where it replaces a file of other
-content: `peft_bench.backbones.shipped`). `backbone.weights=mini` loads the shipped one.
+content: `peft_bench.shipped`). `backbone.weights=mini` loads the shipped one.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save
 
-from peft_bench.backbones.shipped import export_revision, sidecar_of
 from peft_bench.errors import TrainingDiverged, UserError
 from peft_bench.plugins import register_configs
 from peft_bench.results.atomic import write_atomic, write_json_atomic
 from peft_bench.results.store import run_dir
+from peft_bench.shipped import export_revision, sidecar_of
 
 register_configs()
 

@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from peft_bench.backbones import Part, build_backbone
-from peft_bench.backbones.shipped import export_revision, shipped_files, sidecar_of
 from peft_bench.config import BackboneConfig, Config, MethodConfig
 from peft_bench.pretrain import export_backbone
+from peft_bench.shipped import export_revision, shipped_files, sidecar_of
 
 
 @pytest.mark.parametrize("size", sorted(shipped_files("mini")))

@@ -19,7 +19,8 @@ from hydra import compose
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from peft_bench.backbones import BACKBONES, shipped
+from peft_bench import shipped
+from peft_bench.backbones import BACKBONES
 from peft_bench.backbones.swin import build_swin
 from peft_bench.config import HeadInit, MethodInit, NoDecay
 from peft_bench.engine.optim import parameter_groups

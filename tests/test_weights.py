@@ -15,7 +15,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from peft_bench.backbones import BACKBONES, build_backbone, shipped, weights
+from peft_bench import shipped
+from peft_bench.backbones import BACKBONES, build_backbone, weights
 from peft_bench.backbones.swin import KNOWN_SIZES, SwinBackbone, build_swin
 from peft_bench.backbones.swin_checkpoints import load_checkpoint, to_openmmlab
 from peft_bench.config import BackboneConfig

@@ -20,8 +20,8 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 
 from peft_bench.backbones.base import BACKBONES, BackboneEntry
-from peft_bench.backbones.shipped import shipped_files, shipped_path
 from peft_bench.errors import UserError
+from peft_bench.shipped import shipped_files, shipped_path
 
 NONE = "none"
 HUB_HOST = "huggingface.co"

@@ -9,7 +9,7 @@ value that reproduces the behaviour from before they existed (`NEUTRAL`), and a 
 hashed as the single head schema of that time had them (`SINGLE_HEAD_SCHEMA`), so that the same
 command keeps its run id and committed results stay matched to their cells. The resolved precision
 is part of the protocol (fp32, the CPU's, hashes as before it was); the device is not. A shipped
-checkpoint (`backbone.weights=mini`) enters by its name and its revision (`backbones.shipped`), the
+checkpoint (`backbone.weights=mini`) enters by its name and its revision (`peft_bench.shipped`), the
 first revision hashing as before revisions existed.
 """
 
@@ -21,9 +21,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from peft_bench.backbones.shipped import FIRST_REVISION, shipped_revision
 from peft_bench.config import Selection, TuningStage
 from peft_bench.registry import BACKBONES
+from peft_bench.shipped import FIRST_REVISION, shipped_revision
 
 # Dotted keys that never change a result.
 NON_PROTOCOL_KEYS = (

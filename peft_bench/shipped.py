@@ -5,7 +5,8 @@ backbone=<size>`), shipped for the sizes that have no hub weights, each file bes
 with the command, the config, the upstream metrics and the SHA-256. A shipped file replaced by
 another pretraining keeps its name and gains a revision (the sidecar's `revision`; 1 where it has
 none), which enters the protocol hash (`peft_bench.results.protocol`): runs on the new weights never
-pass for runs on the old ones. No torch here: the protocol hash reads this module.
+pass for runs on the old ones. A module of its own, above the folders and importing no torch: the
+backbones load these files, and the protocol hash, on the lowest floor, reads their revisions.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from peft_bench.registry import BACKBONES, BackboneEntry
 
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+PRETRAINED_DIR = Path(__file__).parent / "backbones" / "pretrained"
 FIRST_REVISION = 1
 
 
