@@ -7,8 +7,8 @@ Delta-tuning presumes a pretrained backbone, and no weights can be downloaded he
 disjoint from the downstream ten and drawn in another style, the ImageNet-22k of this small world.
 It is an ordinary run (run record, resume, progress bar); at its end the selected backbone is
 written in timm's format, fp16, with a sidecar JSON holding the config that produced it, its
-upstream metrics, the file's SHA-256 and its revision (the next one where it replaces a file of other
-content: `peft_bench.shipped`). `backbone.weights=mini` loads the shipped one.
+upstream metrics, the file's SHA-256 and its revision (the next one where it replaces a file exported
+from another run: `peft_bench.shipped`). `backbone.weights=mini` loads the shipped one.
 """
 
 from __future__ import annotations
