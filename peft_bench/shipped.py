@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+from peft_bench.errors import UserError
 from peft_bench.registry import BACKBONES, BackboneEntry
 
 PRETRAINED_DIR = Path(__file__).parent / "backbones" / "pretrained"
@@ -43,9 +45,7 @@ def shipped_revision(entry: BackboneEntry, key: str) -> int:
 
 @cache
 def _revision(sidecar: Path) -> int:
-    if not sidecar.is_file():
-        return FIRST_REVISION
-    return int(json.loads(sidecar.read_text()).get("revision", FIRST_REVISION))
+    return int(_read_sidecar(sidecar).get("revision", FIRST_REVISION))
 
 
 def export_revision(output: Path, run_id: str) -> int:
@@ -53,9 +53,21 @@ def export_revision(output: Path, run_id: str) -> int:
     the file it replaces if that came from the same run (an export repeated: the same weights, though
     not the same bytes, as safetensors orders its metadata freely), the next one if from another run
     or of unknown origin, the first where there is none."""
-    sidecar = sidecar_of(output)
-    if not sidecar.is_file():
+    replaced = _read_sidecar(sidecar_of(output))
+    if not replaced:
         return FIRST_REVISION
-    replaced = json.loads(sidecar.read_text())
     revision = int(replaced.get("revision", FIRST_REVISION))
     return revision if replaced.get("run_id") == run_id else revision + 1
+
+
+def _read_sidecar(sidecar: Path) -> dict[str, Any]:
+    """A sidecar's fields; none where there is no sidecar."""
+    if not sidecar.is_file():
+        return {}
+    try:
+        return json.loads(sidecar.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"the checkpoint sidecar {sidecar} is not valid JSON ({error}): restore it (git checkout -- "
+            "the file) or export the checkpoint again with python -m peft_bench.pretrain."
+        ) from error

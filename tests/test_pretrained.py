@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from peft_bench.backbones import Part, build_backbone
 from peft_bench.config import BackboneConfig, Config, MethodConfig
+from peft_bench.errors import UserError
 from peft_bench.pretrain import export_backbone
 from peft_bench.shipped import export_revision, shipped_files, sidecar_of
 
@@ -75,3 +76,11 @@ def test_an_export_over_a_checkpoint_of_another_run_is_its_next_revision(tmp_pat
     assert export_revision(output, "r2") == 3
     sidecar_of(output).write_text(json.dumps({"sha256": "0" * 64}))
     assert export_revision(output, "r1") == 2
+
+
+def test_a_broken_sidecar_is_a_one_paragraph_error_naming_it(tmp_path: Path) -> None:
+    output = tmp_path / "swin_micro-shapes_upstream.safetensors"
+    sidecar_of(output).write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON") as error:
+        export_revision(output, "r1")
+    assert str(sidecar_of(output)) in str(error.value) and "\n" not in str(error.value)
