@@ -331,14 +331,16 @@ def gradients(module: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tenso
 
 
 @pytest.mark.parametrize("scalar_scales", [False, True])
-def test_mona_fast_path_has_the_plain_formulas_gradients(scalar_scales: bool) -> None:
-    """The fused scaled LayerNorm, the folded biases and the 1x1 conv as a matmul change no gradient."""
+@pytest.mark.parametrize("side", [(7, 9), (16, 17)])  # the second: the depthwise weight gradient as a conv
+def test_mona_fast_path_has_the_plain_formulas_gradients(scalar_scales: bool, side: tuple[int, int]) -> None:
+    """The fused scaled LayerNorm, the folded biases, the 1x1 conv as a matmul and the depthwise weight
+    gradient of `depthwise_conv2d` change no gradient."""
     torch.manual_seed(0)
     module = MonaModule(48, 16, dropout=0.1, scalar_scales=scalar_scales, merged_conv=True).eval()
     with torch.no_grad():
         module.gamma.normal_()
         module.gammax.normal_()
-    x = torch.randn(2, 7, 9, 48)
+    x = torch.randn(2, *side, 48)
     fast, plain = gradients(module, x, module), gradients(module, x, lambda t: reference_mona(module, t))
     assert len(fast) == len(list(module.parameters())) + 1
     for got, expected in zip(fast, plain, strict=True):

@@ -20,7 +20,7 @@ from peft_bench.report.build import Options, write_target
 from peft_bench.report.cost import pareto_front
 from peft_bench.report.grid import Cell
 from peft_bench.report.profiles import profile
-from peft_bench.report.render import markdown
+from peft_bench.report.render import markdown, separation
 from peft_bench.report.tables import build_cost_table, build_table
 from peft_bench.report.tradeoff import points, write_tradeoff
 from peft_bench.results.atomic import write_text_atomic
@@ -199,6 +199,34 @@ def test_table1_delta_to_full(store: Path) -> None:
     assert "53.50 ± 0.71 (n=2) [53.40] | +1.50 [+1.00] | 46.25 ± 0.35 (n=2) [46.00] | +1.25 [+0.90] |" in text
     assert text.index("Params (M)") < text.index("COCO AP_box") < text.index("Δ COCO AP_box")
     assert table.caption.startswith("Table 1 (preset table1, method=full,mona).")  # what every cell had
+
+
+def test_separation_compares_the_span_of_means_with_the_seed_std() -> None:
+    """A column's methods are separated when their means span 3 or more median seed stds; single-seed
+    cells and Δ columns do not enter."""
+    entries = pd.DataFrame(
+        [
+            ("A", "AP50", "metric", 50.0, 0.5, 3),
+            ("B", "AP50", "metric", 52.0, 1.0, 3),
+            ("C", "AP50", "metric", 54.0, 0.8, 4),  # span 4.0 over median std 0.8: 5.0x
+            ("D", "AP50", "metric", 99.0, math.nan, 1),  # one seed: no std, not counted
+            ("B", "Δ AP50", "delta", 2.0, 1.0, 3),
+            ("A", "mIoU", "metric", 40.0, 1.0, 2),
+            ("B", "mIoU", "metric", 41.0, 0.6, 2),  # span 1.0 over median std 0.8: 1.25x
+        ],
+        columns=["row", "column", "kind", "ours", "std", "n"],
+    )
+    text = separation(entries)
+    assert (
+        "AP50: the means of 3 methods (3 to 4 seeds each) span 4.00, 5.0x the median seed std 0.80; "
+        "it separates" in text
+    )
+    assert (
+        "mIoU: the means of 2 methods (2 seeds each) span 1.00, 1.2x the median seed std 0.80; it does not"
+        in text
+    )
+    assert "Δ AP50" not in text
+    assert separation(entries[entries["n"] == 1]) == ""
 
 
 def test_figure5_written_with_missing_methods_named(store: Path, tmp_path: Path) -> None:

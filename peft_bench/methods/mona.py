@@ -10,6 +10,7 @@ from torch import nn
 
 from peft_bench.backbones.base import Block
 from peft_bench.layers.bottleneck import Bottleneck, trunc_normal_linears
+from peft_bench.layers.depthwise import depthwise_conv2d
 from peft_bench.layers.slots import SpatialSlot, TokenLayout
 from peft_bench.methods.base import BlockInsertion
 from peft_bench.methods.configs import MonaConfig, PrefixTokens
@@ -58,8 +59,8 @@ class MultiCognitiveFilter(nn.Module):
         """The mean of the three depthwise convs of `u`, without their bias, and that bias."""
         if self.merged:
             weight, bias = self.merged_depthwise()
-            return F.conv2d(u, weight, padding=weight.shape[-1] // 2, groups=u.shape[1]), bias
-        maps = [F.conv2d(u, conv.weight, padding=conv.padding, groups=u.shape[1]) for conv in self.depthwise]
+            return depthwise_conv2d(u, weight, weight.shape[-1] // 2), bias
+        maps = [depthwise_conv2d(u, conv.weight, conv.kernel_size[0] // 2) for conv in self.depthwise]
         return sum(maps) / len(maps), sum(conv.bias for conv in self.depthwise) / len(maps)
 
     def _centre_taps(self) -> torch.Tensor:

@@ -32,6 +32,12 @@ STATS_LEGEND = (
     "no per-sample outcomes (recorded before they were kept), so no interval is given. docs/statistics.md "
     "says why these choices."
 )
+SEPARATION = (
+    "Seeds: {columns}. (With no difference between methods, the means of ten methods over three seeds "
+    "each span about 1.8 seed stds; a span of {separates:g} or more stds is taken to separate them.)"
+)
+# Spans of the method means, in median seed stds, from which a column is said to separate its methods.
+SEPARATES = 3.0
 STATUS_WIDTH = 60  # a failure's message is cut here in the readable formats; the CSV keeps it whole
 LATEX_SPECIAL = {
     "\\": r"\textbackslash{}",
@@ -111,7 +117,7 @@ def grid(table: Table) -> list[list[str]]:
 def legend(table: Table) -> str:
     if table.kind == "ranks":
         return RANKS_LEGEND
-    text = LEGEND.format(published=table.published)
+    text = " ".join(filter(None, [LEGEND.format(published=table.published), separation(table.entries)]))
     if table.stats is None:
         return text
     stats, resampling = table.stats, table.stats.resampling
@@ -132,6 +138,27 @@ def legend(table: Table) -> str:
             correction=correction,
         )
     )
+
+
+def separation(entries: pd.DataFrame) -> str:
+    """Whether the methods' means in each column measured over several seeds lie further apart than
+    their seeds' scatter: the span of the means (max - min) over the median sample std of the cells."""
+    seeded = entries[(entries["kind"] == "metric") & (entries["n"] >= 2)]
+    columns = []
+    for column, cells in seeded.groupby("column", sort=False):
+        noise = cells["std"].median()
+        if len(cells) < 2 or not noise > 0:
+            continue
+        span = cells["ours"].max() - cells["ours"].min()
+        ratio = round(span / noise, 1)  # judged as shown
+        verdict = "separates the methods" if ratio >= SEPARATES else "does not separate the methods"
+        low, high = cells["n"].min(), cells["n"].max()
+        seeds = f"{low:g}" if low == high else f"{low:g} to {high:g}"
+        columns.append(
+            f"{column}: the means of {len(cells)} methods ({seeds} seeds each) span {span:.2f}, "
+            f"{ratio:.1f}x the median seed std {noise:.2f}; it {verdict}"
+        )
+    return SEPARATION.format(columns="; ".join(columns), separates=SEPARATES) if columns else ""
 
 
 def markdown(table: Table) -> str:
