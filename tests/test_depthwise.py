@@ -3,6 +3,8 @@ as a forward conv on the CPU, the plain conv wherever that is not taken; the FLO
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,9 @@ from peft_bench.layers import depthwise
 from peft_bench.layers.depthwise import depthwise_conv2d
 
 
-def inputs(images: int, side: int, channels: int, kernel: int, dtype: torch.dtype = torch.float32):
+def inputs(
+    images: int, side: int, channels: int, kernel: int, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A channels-last (B, C, H, W) view as Mona's tokens give it, a (C, 1, k, k) weight, a gradient."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(images, side, side + 3, channels, generator=generator, dtype=dtype).permute(0, 3, 1, 2)
@@ -21,7 +25,9 @@ def inputs(images: int, side: int, channels: int, kernel: int, dtype: torch.dtyp
     return x.requires_grad_(), weight.requires_grad_(), grad
 
 
-def value_and_grads(conv, x, weight, grad, padding):
+def value_and_grads(
+    conv: Callable[..., torch.Tensor], x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, padding: int
+) -> tuple[torch.Tensor, ...]:
     out = conv(x, weight, padding)
     return (out, *torch.autograd.grad(out, (x, weight), grad))
 
@@ -30,11 +36,14 @@ def plain(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
     return F.conv2d(x, weight, padding=padding, groups=x.shape[1])
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, depthwise.CHUNK_BYTES, 1 << 30])  # one image, some, all
+@pytest.mark.parametrize("per_chunk", [1, 2, 5])  # images per forward call: 5 images in 5, 3 or 1 calls
 @pytest.mark.parametrize("kernel", [3, 7])
-def test_values_and_gradients_equal_the_plain_convs(monkeypatch, chunk_bytes: int, kernel: int) -> None:
-    monkeypatch.setattr(depthwise, "CHUNK_BYTES", chunk_bytes)
+def test_values_and_gradients_equal_the_plain_convs(
+    monkeypatch: pytest.MonkeyPatch, per_chunk: int, kernel: int
+) -> None:
     x, weight, grad = inputs(5, 18, 12, kernel)
+    padded_image_bytes = (18 + kernel - 1) * (21 + kernel - 1) * 12 * 4
+    monkeypatch.setattr(depthwise, "CHUNK_BYTES", per_chunk * padded_image_bytes)
     ours = value_and_grads(depthwise_conv2d, x, weight, grad, kernel // 2)
     assert type(ours[0].grad_fn).__name__ == "_DepthwiseConv2dBackward"
     for got, expected in zip(ours, value_and_grads(plain, x, weight, grad, kernel // 2), strict=True):
@@ -57,7 +66,7 @@ def test_elsewhere_the_plain_conv(case: str) -> None:
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
-def test_flops_counted_as_the_plain_convs(monkeypatch) -> None:
+def test_flops_counted_as_the_plain_convs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The weight gradient as a forward conv counts the multiply-adds of the plain backward's."""
     monkeypatch.setattr(depthwise, "CHUNK_BYTES", 1)
     counts = []
