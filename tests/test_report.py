@@ -203,30 +203,48 @@ def test_table1_delta_to_full(store: Path) -> None:
 
 def test_separation_compares_the_span_of_means_with_the_seed_std() -> None:
     """A column's methods are separated when their means span 3 or more median seed stds; single-seed
-    cells and Δ columns do not enter."""
+    cells and Δ columns do not enter; the span by chance is that of as many means of the fewest seeds."""
     entries = pd.DataFrame(
         [
-            ("A", "AP50", "metric", 50.0, 0.5, 3),
-            ("B", "AP50", "metric", 52.0, 1.0, 3),
-            ("C", "AP50", "metric", 54.0, 0.8, 4),  # span 4.0 over median std 0.8: 5.0x
-            ("D", "AP50", "metric", 99.0, math.nan, 1),  # one seed: no std, not counted
-            ("B", "Δ AP50", "delta", 2.0, 1.0, 3),
-            ("A", "mIoU", "metric", 40.0, 1.0, 2),
-            ("B", "mIoU", "metric", 41.0, 0.6, 2),  # span 1.0 over median std 0.8: 1.25x
+            ("A", "AP50", "metric", "swin", 50.0, 0.5, 3),
+            ("B", "AP50", "metric", "swin", 52.0, 1.0, 3),
+            ("C", "AP50", "metric", "swin", 54.0, 0.8, 4),  # span 4.0 over median std 0.8: 5.0x
+            ("D", "AP50", "metric", "swin", 99.0, math.nan, 1),  # one seed: no std, not counted
+            ("B", "Δ AP50", "delta", None, 2.0, 1.0, 3),
+            ("A", "mIoU", "metric", "swin", 40.0, 1.0, 2),
+            ("B", "mIoU", "metric", "swin", 41.0, 0.6, 2),  # span 1.0 over median std 0.8: 1.25x
         ],
-        columns=["row", "column", "kind", "ours", "std", "n"],
+        columns=["row", "column", "kind", "backbone", "ours", "std", "n"],
     )
     text = separation(entries)
+    # By chance: three means of three seeds span d2(3) / sqrt(3) = 1.693 / 1.732 seed stds; two of two,
+    # 1.128 / 1.414.
     assert (
-        "AP50: the means of 3 methods (3 to 4 seeds each) span 4.00, 5.0x the median seed std 0.80; "
-        "it separates" in text
+        "AP50: the means of 3 methods (3 to 4 seeds each) span 4.00, 5.0x the median seed std 0.80 "
+        "(1.0x by chance); it separates" in text
     )
     assert (
-        "mIoU: the means of 2 methods (2 seeds each) span 1.00, 1.2x the median seed std 0.80; it does not"
-        in text
+        "mIoU: the means of 2 methods (2 seeds each) span 1.00, 1.2x the median seed std 0.80 "
+        "(0.8x by chance); it does not" in text
     )
     assert "Δ AP50" not in text
     assert separation(entries[entries["n"] == 1]) == ""
+
+
+def test_separation_judges_each_backbone_on_its_own() -> None:
+    """Two backbones far apart, each with methods level within their seed noise: no separation."""
+    entries = pd.DataFrame(
+        [
+            (method, "Position", "metric", backbone, base + offset, 1.0, 3)
+            for backbone, base in (("vit_micro", 6.0), ("swin_micro", 42.0))
+            for method, offset in (("full", 0.0), ("lora", 1.0), ("mona", 2.0))
+        ],
+        columns=["row", "column", "kind", "backbone", "ours", "std", "n"],
+    )
+    text = separation(entries)
+    assert "Position (ViT-micro): the means of 3 methods (3 seeds each) span 2.00, 2.0x" in text
+    assert "Position (Swin-micro): the means of 3 methods (3 seeds each) span 2.00, 2.0x" in text
+    assert text.count("does not separate the methods") == 2
 
 
 def test_figure5_written_with_missing_methods_named(store: Path, tmp_path: Path) -> None:

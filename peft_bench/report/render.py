@@ -13,6 +13,7 @@ from peft_bench.report.aggregate import OK
 from peft_bench.report.labels import label
 from peft_bench.report.tables import Table
 from peft_bench.results.atomic import write_text_atomic
+from peft_bench.stats.spread import chance_span
 
 LEGEND = (
     "Each cell: ours, the mean ± sample std over n completed seeds (parameters: counted from the "
@@ -33,8 +34,9 @@ STATS_LEGEND = (
     "says why these choices."
 )
 SEPARATION = (
-    "Seeds: {columns}. (With no difference between methods, the means of ten methods over three seeds "
-    "each span about 1.8 seed stds; a span of {separates:g} or more stds is taken to separate them.)"
+    "Seeds: {columns}. (By chance: the expected span, in seed stds, of that many means over the fewest "
+    "seeds shown when the methods do not differ; a span of {separates:g} or more stds is taken to "
+    "separate them.)"
 )
 # Spans of the method means, in median seed stds, from which a column is said to separate its methods.
 SEPARATES = 3.0
@@ -142,23 +144,33 @@ def legend(table: Table) -> str:
 
 def separation(entries: pd.DataFrame) -> str:
     """Whether the methods' means in each column measured over several seeds lie further apart than
-    their seeds' scatter: the span of the means (max - min) over the median sample std of the cells."""
+    their seeds' scatter: the span of the means (max - min) over the median sample std of the cells,
+    beside the span expected by chance. Rows of different backbones are judged apart, so that a
+    backbone's lead is not taken for a method's."""
     seeded = entries[(entries["kind"] == "metric") & (entries["n"] >= 2)]
     columns = []
-    for column, cells in seeded.groupby("column", sort=False):
-        noise = cells["std"].median()
-        if len(cells) < 2 or not noise > 0:
-            continue
-        span = cells["ours"].max() - cells["ours"].min()
-        ratio = round(span / noise, 1)  # judged as shown
-        verdict = "separates the methods" if ratio >= SEPARATES else "does not separate the methods"
-        low, high = cells["n"].min(), cells["n"].max()
-        seeds = f"{low:g}" if low == high else f"{low:g} to {high:g}"
-        columns.append(
-            f"{column}: the means of {len(cells)} methods ({seeds} seeds each) span {span:.2f}, "
-            f"{ratio:.1f}x the median seed std {noise:.2f}; it {verdict}"
-        )
+    for column, in_column in seeded.groupby("column", sort=False):
+        backbones = in_column["backbone"].nunique()
+        for backbone, cells in in_column.groupby("backbone", sort=False):
+            name = f"{column} ({label(backbone)})" if backbones > 1 else column
+            columns += filter(None, [_separation_of(name, cells)])
     return SEPARATION.format(columns="; ".join(columns), separates=SEPARATES) if columns else ""
+
+
+def _separation_of(column: str, cells: pd.DataFrame) -> str:
+    noise = cells["std"].median()
+    if len(cells) < 2 or not noise > 0:
+        return ""
+    span = cells["ours"].max() - cells["ours"].min()
+    ratio = round(span / noise, 1)  # judged as shown
+    verdict = "separates the methods" if ratio >= SEPARATES else "does not separate the methods"
+    low, high = int(cells["n"].min()), int(cells["n"].max())
+    seeds = f"{low}" if low == high else f"{low} to {high}"
+    chance = chance_span(len(cells), low)
+    return (
+        f"{column}: the means of {len(cells)} methods ({seeds} seeds each) span {span:.2f}, "
+        f"{ratio:.1f}x the median seed std {noise:.2f} ({chance:.1f}x by chance); it {verdict}"
+    )
 
 
 def markdown(table: Table) -> str:

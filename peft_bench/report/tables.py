@@ -38,6 +38,7 @@ ENTRY_COLUMNS = [
     "row",
     "column",
     "kind",
+    "backbone",  # a measured entry's: the rows a column's seed spread is judged over share it
     "metric",
     "ours",
     "std",
@@ -194,6 +195,7 @@ class Entries:
         entry = {"row": row, "column": column, "kind": kind, "metric": metric, "ours": ours, "paper": paper}
         status = "n/a" if math.isnan(ours) else OK
         defaults = {"std": math.nan, "n": math.nan, "status": status, "protocol": None, "device": None}
+        defaults |= {"backbone": None}  # set by `measured`
         defaults |= {"stats": None, "ci_low": math.nan, "ci_high": math.nan, "versus": None}
         defaults |= {"p": math.nan, "p_adjusted": math.nan, "beyond": None}
         self.rows.append({**defaults, **entry, **stats})
@@ -204,6 +206,7 @@ class Entries:
         status = runs.status if runs.status != OK or stat.n else f"no {metric} in its runs"
         paper = self.paper_value(metric, **keys)
         stats = {"std": stat.std, "n": stat.n, "status": status, "protocol": protocol_of_cell(cell)}
+        stats["backbone"] = cell.cfg.backbone.name
         if self.significance is not None and stat.n:
             stats |= self.interval(cell, metric)
         self.add(row, column, "metric", metric, stat.mean, paper, **stats)
