@@ -299,9 +299,11 @@ def test_new_keys_at_their_neutral_values_leave_the_protocol_hash_alone() -> Non
         scenes = compose(config_name="config", overrides=["data.max_objects=2"])
         single = compose(config_name="config", overrides=["dataset=shapes_single"])
         detection = compose(config_name="config", overrides=["dataset=shapes_det"])
+        plain_head = compose(config_name="config", overrides=["dataset=shapes_det", "head.group_norm=false"])
         ade20k = compose(config_name="config", overrides=["dataset=ade20k"])
     assert "schedule" not in protocol_of(default)["trainer"] and "init" not in protocol_of(default)["head"]
-    assert "group_norm" not in protocol_of(detection)["head"]
+    assert "group_norm" not in protocol_of(plain_head)["head"]  # the embedded recipe's GroupNorm is hashed
+    assert protocol_of(detection)["head"]["group_norm"] is True
     assert not {"deterministic", "tf32"} & set(protocol_of(default)["trainer"])
     assert "voc2007_only" not in protocol_of(default)["data"]
     unset = protocol_of(single)["data"]  # shapes_single sets no scene key (shapes sets its object scale)
@@ -317,13 +319,16 @@ def test_a_shipped_checkpoints_revision_enters_the_hash_after_the_first(
 ) -> None:
     """Runs on a replaced shipped checkpoint never pass for runs on the one it replaced; runs on a
     first revision keep the hashes they had before revisions existed."""
+    first, replaced = tmp_path / "first", tmp_path / "replaced"  # a folder each: revisions are cached by path
+    monkeypatch.setattr(shipped, "PRETRAINED_DIR", first)  # no sidecars: every file a first revision
     with config_session():
         cfg = compose(config_name="config", overrides=["backbone=swin_micro", "backbone.weights=mini"])
     before = protocol_hash(cfg)
     assert "weights_revision" not in protocol_of(cfg)["backbone"]
-    sidecar = tmp_path / BACKBONES["swin_micro"].shipped["mini"].replace(".safetensors", ".json")
+    replaced.mkdir()
+    sidecar = replaced / BACKBONES["swin_micro"].shipped["mini"].replace(".safetensors", ".json")
     sidecar.write_text(json.dumps({"revision": 2}))
-    monkeypatch.setattr(shipped, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setattr(shipped, "PRETRAINED_DIR", replaced)
     assert protocol_of(cfg)["backbone"]["weights_revision"] == 2
     assert protocol_hash(cfg) != before
     with config_session():
