@@ -152,8 +152,9 @@ def separation(entries: pd.DataFrame) -> str:
     for column, in_column in seeded.groupby("column", sort=False):
         backbones = in_column["backbone"].nunique()
         for backbone, cells in in_column.groupby("backbone", sort=False):
-            name = f"{column} ({label(backbone)})" if backbones > 1 else column
-            columns += filter(None, [_separation_of(name, cells)])
+            text = _separation_of(f"{column} ({label(backbone)})" if backbones > 1 else column, cells)
+            if text:
+                columns.append(text)
     return SEPARATION.format(columns="; ".join(columns), separates=SEPARATES) if columns else ""
 
 
