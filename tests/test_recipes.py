@@ -24,9 +24,9 @@ def composed(*overrides: str):
         ("voc", 1e-4, 12, None),  # voc_det
         ("coco", 1e-4, 36, None),  # coco_inst
         ("ade20k", 6e-5, 10, 160_000),  # ade20k_seg
-        ("shapes_seg", 1e-4, 15, None),
+        ("shapes_seg", 1e-4, 8, None),
         ("shapes_det", 1e-4, 6, None),
-        ("shapes_inst", 1e-4, 6, None),
+        ("shapes_inst", 1e-4, 4, None),
     ],
 )
 def test_a_dataset_selects_its_recipe(dataset: str, lr: float, epochs: int, iterations: int | None) -> None:
