@@ -244,6 +244,8 @@ class MaskRCNNHeadConfig(DetectorHeadConfig):
     """Mask R-CNN and Cascade Mask R-CNN."""
 
     box_head: BoxHead = BoxHead.shared2fc  # Cascade Mask R-CNN's box heads
+    # The width of the box heads' FC layers (mmdet's `fc_out_channels`, 1024 in every reference config).
+    box_fc_channels: int = 1024
     # RoIAlign as mmcv's (aligned, adaptive sampling), and the cascade's mask targets as mmdet's (cropped
     # by it, binarised at 0.5); false: torchvision's.
     mmcv_roi_align: bool = False

@@ -4,6 +4,7 @@ every method, and a CLI run on the fixture."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -621,6 +622,20 @@ def test_training_step_and_prediction(name: str, scenes) -> None:
         predictions = model.predict(images)
     assert all(p.dtype == torch.float32 for p in proposals)
     assert all(p["boxes"].dtype == torch.float32 for p in predictions)
+
+
+@pytest.mark.parametrize("name", ["mask_rcnn", "cascade_mask_rcnn"])
+def test_box_heads_are_as_wide_as_head_box_fc_channels(name: str, scenes) -> None:
+    swin = build_swin("swin_micro", dynamic_size=True)
+    swin.use_output_norms()
+    head = dataclasses.replace(_head(name), box_fc_channels=24)
+    model = InstanceSegmentationModel(swin, 10, head, TINY, cascade=name == "cascade_mask_rcnn")
+    heads = model.detector.roi_heads
+    stages = heads.stages if name == "cascade_mask_rcnn" else [heads]
+    for stage in stages:
+        assert (stage.box_head.fc6.in_features, stage.box_head.fc6.out_features) == (16 * 7 * 7, 24)
+        assert stage.box_head.fc7.out_features == stage.box_predictor.cls_score.in_features == 24
+    assert torch.isfinite(model(*scenes))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -301,7 +301,11 @@ def test_new_keys_at_their_neutral_values_leave_the_protocol_hash_alone() -> Non
         detection = compose(config_name="config", overrides=["dataset=shapes_det"])
         plain_head = compose(config_name="config", overrides=["dataset=shapes_det", "head.group_norm=false"])
         ade20k = compose(config_name="config", overrides=["dataset=ade20k"])
+        coco = compose(config_name="config", overrides=["dataset=coco"])
+        instance = compose(config_name="config", overrides=["dataset=shapes_inst"])
     assert "schedule" not in protocol_of(default)["trainer"] and "init" not in protocol_of(default)["head"]
+    assert "box_fc_channels" not in protocol_of(coco)["head"]  # the reference's 1024
+    assert protocol_of(instance)["head"]["box_fc_channels"] == 256  # the embedded recipe's width is hashed
     assert "group_norm" not in protocol_of(plain_head)["head"]  # the embedded recipe's GroupNorm is hashed
     assert protocol_of(detection)["head"]["group_norm"] is True
     assert not {"deterministic", "tf32"} & set(protocol_of(default)["trainer"])

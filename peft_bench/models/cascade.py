@@ -16,7 +16,8 @@ the final boxes are averaged, as mmdet's cascade merges them.
 
 Box heads, two kinds (`head.box_head`):
 
-* `shared2fc`, mmdet's default cascade: two shared FC layers of 1024 (torchvision's `TwoMLPHead`),
+* `shared2fc`, mmdet's default cascade: two shared FC layers of 1024 (`head.box_fc_channels`;
+  torchvision's `TwoMLPHead`),
   one class-agnostic box delta per RoI, torchvision's smooth-L1 loss on the deltas (beta 1/9 where
   mmdet's cascade uses beta 1);
 * `convfc`, the Mona COCO config's (`cascade_mask_swin_base_3x_coco_sample_1_bs_16_*.py`): mmdet's
@@ -53,11 +54,12 @@ from torchvision.ops import MultiScaleRoIAlign, generalized_box_iou_loss, roi_al
 from torchvision.ops import boxes as box_ops
 
 from peft_bench.config import BoxHead
+from peft_bench.models.roi_align import roi_align as small_map_roi_align
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
 STAGE_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
-REPRESENTATION = 1024  # the width of the FC layers of each box head
+FC_CHANNELS = 1024  # the width of the FC layers of each box head (mmdet's `fc_out_channels`)
 CONVFC_CHANNELS = 256  # the width of the ConvFC head's four convolutions
 GIOU_LOSS_WEIGHT = 10.0
 ROI_SIZE = 7
@@ -102,9 +104,9 @@ class BoxPredictor(nn.Module):
 class ConvFCBoxHead(nn.Sequential):
     """mmdet's `ConvFCBBoxHead(num_shared_convs=4, num_shared_fcs=1)` with a norm: four 3x3 convs
     (no bias, BatchNorm, ReLU; kaiming-normal, fan-out, as mmcv's `ConvModule`) on the RoI map, then
-    one FC (xavier-uniform, as mmdet inits its shared FCs) with a ReLU."""
+    one FC of `fc_channels` (xavier-uniform, as mmdet inits its shared FCs) with a ReLU."""
 
-    def __init__(self, in_channels: int, roi_size: int = ROI_SIZE) -> None:
+    def __init__(self, in_channels: int, roi_size: int = ROI_SIZE, fc_channels: int = FC_CHANNELS) -> None:
         layers: list[nn.Module] = []
         for index in range(4):
             conv = nn.Conv2d(
@@ -112,7 +114,7 @@ class ConvFCBoxHead(nn.Sequential):
             )
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             layers += [conv, nn.BatchNorm2d(CONVFC_CHANNELS), nn.ReLU(inplace=True)]
-        fc = nn.Linear(CONVFC_CHANNELS * roi_size * roi_size, REPRESENTATION)
+        fc = nn.Linear(CONVFC_CHANNELS * roi_size * roi_size, fc_channels)
         nn.init.xavier_uniform_(fc.weight)
         nn.init.zeros_(fc.bias)
         super().__init__(*layers, nn.Flatten(), fc, nn.ReLU(inplace=True))
@@ -123,7 +125,8 @@ class MmcvRoIAlign(MultiScaleRoIAlign):
     floor(log2(sqrt(area) / 56)) clamped to the levels, and each box is pooled from its level with
     `aligned=True` (pixel centres at +0.5, mmcv's default) and adaptive sampling
     (`sampling_ratio=0`); torchvision's `MultiScaleRoIAlign` aligns no half pixel. A drop-in for it
-    (torchvision's detectors accept only its subclasses).
+    (torchvision's detectors accept only its subclasses). Small CPU maps are pooled as matrix
+    products (`peft_bench.models.roi_align`), the same numbers at a fraction of the kernel's time.
 
     It pools in float32 at float32 RoIs whatever the maps' dtype, as torchvision's `roi_align` does
     under autocast (and its CPU kernel has no bf16): bf16 RoIs would put a box's corners on a 4 px
@@ -151,7 +154,7 @@ class MmcvRoIAlign(MultiScaleRoIAlign):
         for level, (feature, stride) in enumerate(zip(maps, self.strides, strict=True)):
             index = torch.where(levels == level)[0]
             level_rois = rois[index].float()
-            pooled[index] = roi_align(
+            pooled[index] = small_map_roi_align(
                 feature.float(), level_rois, self.output_size, 1.0 / stride, sampling_ratio=0, aligned=True
             ).to(pooled.dtype)
         return pooled
@@ -445,16 +448,22 @@ def fcn_mask_head(channels: int, num_classes: int) -> tuple[MaskRCNNHeads, MaskR
 
 
 def mmdet_stages(
-    channels: int, num_classes: int, masks: bool = True, box_head: BoxHead = BoxHead.shared2fc
+    channels: int,
+    num_classes: int,
+    masks: bool = True,
+    box_head: BoxHead = BoxHead.shared2fc,
+    fc_channels: int = FC_CHANNELS,
 ) -> list[CascadeStage]:
     """The three stages of mmdet's Cascade Mask R-CNN over `channels`-wide FPN maps, with the box
-    heads of `box_head` (module docstring) on 7x7 RoI maps and `fcn_mask_head`s; `num_classes`
-    counts the background."""
+    heads of `box_head` (module docstring, FC layers `fc_channels` wide) on 7x7 RoI maps and
+    `fcn_mask_head`s; `num_classes` counts the background."""
     convfc = BoxHead(box_head) is BoxHead.convfc
     return [
         CascadeStage(
-            ConvFCBoxHead(channels) if convfc else TwoMLPHead(channels * ROI_SIZE * ROI_SIZE, REPRESENTATION),
-            BoxPredictor(REPRESENTATION, num_classes, class_specific=convfc),
+            ConvFCBoxHead(channels, fc_channels=fc_channels)
+            if convfc
+            else TwoMLPHead(channels * ROI_SIZE * ROI_SIZE, fc_channels),
+            BoxPredictor(fc_channels, num_classes, class_specific=convfc),
             iou,
             weights,
             loss_weight,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from peft_bench.backbones.base import Backbone
@@ -24,7 +25,7 @@ from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from peft_bench.engine.contract import TaskModel
 from peft_bench.errors import UserError
 from peft_bench.models.cascade import (
-    REPRESENTATION,
+    ROI_SIZE,
     CascadeRoIHeads,
     MmcvRoIAlign,
     fcn_mask_head,
@@ -93,7 +94,9 @@ def build_detector(
         rpn_post_nms_top_n_test=budget.rpn_post_nms[1],
         box_batch_size_per_image=budget.roi_samples,
         box_detections_per_img=budget.detections,
-        box_predictor=Float32BoxPredictor(REPRESENTATION, classes),
+        box_predictor=Float32BoxPredictor(head.box_fc_channels, classes),
+        # built after everything else, where torchvision builds its default: the same random draws
+        box_head=TwoMLPHead(channels * ROI_SIZE * ROI_SIZE, head.box_fc_channels),
         mask_head=mask_head,
         mask_predictor=mask_predictor,
         **pools,
@@ -114,7 +117,7 @@ def build_detector(
         plain = detector.roi_heads
         detector.roi_heads = CascadeRoIHeads(
             plain.box_roi_pool,
-            mmdet_stages(channels, classes, box_head=head.box_head),
+            mmdet_stages(channels, classes, box_head=head.box_head, fc_channels=head.box_fc_channels),
             plain.mask_roi_pool,
             batch_size_per_image=budget.roi_samples,
             positive_fraction=plain.fg_bg_sampler.positive_fraction,

@@ -58,6 +58,7 @@ NEUTRAL: dict[str, Any] = {
     "head.init": "trunc_normal",
     "head.relu_before_extra_convs": True,
     "head.box_head": "shared2fc",
+    "head.box_fc_channels": 1024,
     "head.mmcv_roi_align": False,
     "head.mmdet_rpn": False,
     "head.mmdet_candidates": False,
