@@ -58,3 +58,11 @@ def test_maps_beyond_the_cell_limit_go_to_torchvisions_kernel(monkeypatch: pytes
     large = torch.randn(1, 2, 16, MAX_CELLS // 16 + 1)
     pooled = roi_align(large, rois, (7, 7), 1.0, 2, True)
     assert len(calls) == 1 and torch.equal(pooled, kernel(large, rois, (7, 7), 1.0, 2, True))
+
+
+def test_products_keep_the_maps_precision_under_autocast() -> None:
+    features, rois = torch.randn(1, 3, 16, 16), torch.tensor([[0.0, 3.3, 5.1, 40.2, 51.7]])
+    plain = roi_align(features, rois, (7, 7), 0.25, 0, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = roi_align(features, rois, (7, 7), 0.25, 0, True)
+    assert cast.dtype == torch.float32 and torch.equal(cast, plain)

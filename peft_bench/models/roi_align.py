@@ -6,8 +6,9 @@ pooled map is `A @ F @ B.T`: `F` the RoI's image's H x W map (per channel), `A` 
 output row's average of its samples' row weights, `B` (bins x W) the same for the columns.
 torchvision's CPU kernel samples point by point in one thread, forward and backward; on maps of a few
 hundred cells (the embedded scenes' 16 x 16 level), the products and their gradients, plain matmuls,
-cost 2-7x less (two threads). Their cost grows with the map's area where the kernel's does not, so
-larger maps, and every other device, keep torchvision's.
+take 3-5x less time (two threads, `docs/embedded.md`). Their cost grows with the map's area where the
+kernel's does not, so larger maps, and every other device, keep torchvision's. As torchvision's op
+under autocast, the products run in the maps' own precision, not autocast's.
 """
 
 from __future__ import annotations
@@ -38,17 +39,18 @@ def roi_align(
     channels = features.shape[1]
     pooled = features.new_empty((len(rois), channels, *output_size))
     images = rois[:, 0].long()
-    for image in images.unique().tolist():
-        index = torch.where(images == image)[0]
-        a, b = rows[index].to(features.dtype), columns[index].to(features.dtype)
-        # (C*H, W) @ (W, R*PW): every RoI's columns at once, then each RoI's rows.
-        across = features[image].reshape(channels * height, width) @ b.reshape(-1, width).T
-        across = across.view(channels, height, len(index), output_size[1]).permute(2, 1, 0, 3)
-        pooled[index] = (
-            (a @ across.reshape(len(index), height, -1))
-            .view(len(index), output_size[0], channels, output_size[1])
-            .transpose(1, 2)
-        )
+    with torch.autocast("cpu", enabled=False):
+        for image in images.unique().tolist():
+            index = torch.where(images == image)[0]
+            a, b = rows[index].to(features.dtype), columns[index].to(features.dtype)
+            # (C*H, W) @ (W, R*PW): every RoI's columns at once, then each RoI's rows.
+            across = features[image].reshape(channels * height, width) @ b.reshape(-1, width).T
+            across = across.view(channels, height, len(index), output_size[1]).permute(2, 1, 0, 3)
+            pooled[index] = (
+                (a @ across.reshape(len(index), height, -1))
+                .view(len(index), output_size[0], channels, output_size[1])
+                .transpose(1, 2)
+            )
     return pooled
 
 
