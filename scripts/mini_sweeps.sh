@@ -19,7 +19,7 @@ done
 sweep experiment=table3_mini
 sweep experiment=table2_mini
 sweep experiment=table1_mini
-sweep experiment=table2_mini dataset=shapes_seg
+sweep experiment=table2_mini dataset=shapes_seg trainer.seed=0,1,2
 sweep experiment=table2_mini trainer.seed=1,2
 for preset in table4_mini table5_mini fig5_mini table_ext_mini; do sweep experiment="$preset"; done
 
