@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -564,11 +565,13 @@ def _head(name: str) -> MaskRCNNHeadConfig:
     )
 
 
-def _model(name: str = "cascade_mask_rcnn", method: str = "full") -> InstanceSegmentationModel:
+def _model(name: str = "cascade_mask_rcnn", method: str = "full", **head: Any) -> InstanceSegmentationModel:
+    """The detector `name` with `method` on swin_micro, its head as `_head`'s with `head`'s fields."""
     swin = build_swin("swin_micro", dynamic_size=True)
     swin.use_output_norms()
     METHODS[method](METHODS[method].config_class(name=method)).apply(swin)
-    return InstanceSegmentationModel(swin, 10, _head(name), TINY, cascade=name == "cascade_mask_rcnn")
+    config = dataclasses.replace(_head(name), **head)
+    return InstanceSegmentationModel(swin, 10, config, TINY, cascade=name == "cascade_mask_rcnn")
 
 
 @pytest.fixture(scope="module")
@@ -626,10 +629,7 @@ def test_training_step_and_prediction(name: str, scenes) -> None:
 
 @pytest.mark.parametrize("name", ["mask_rcnn", "cascade_mask_rcnn"])
 def test_box_heads_are_as_wide_as_head_box_fc_channels(name: str, scenes) -> None:
-    swin = build_swin("swin_micro", dynamic_size=True)
-    swin.use_output_norms()
-    head = dataclasses.replace(_head(name), box_fc_channels=24)
-    model = InstanceSegmentationModel(swin, 10, head, TINY, cascade=name == "cascade_mask_rcnn")
+    model = _model(name, box_fc_channels=24)
     heads = model.detector.roi_heads
     stages = heads.stages if name == "cascade_mask_rcnn" else [heads]
     for stage in stages:

@@ -439,6 +439,12 @@ def refinement_classes(class_logits: torch.Tensor, labels: torch.Tensor | None =
     return predicted if labels is None else torch.where(labels > 0, labels, predicted)
 
 
+def shared2fc_head(channels: int, fc_channels: int = FC_CHANNELS) -> TwoMLPHead:
+    """mmdet's `Shared2FCBBoxHead` body: two FC layers of `fc_channels` on 7x7 RoI maps of `channels`
+    (torchvision's `TwoMLPHead`, the plain Mask R-CNN's box head too)."""
+    return TwoMLPHead(channels * ROI_SIZE * ROI_SIZE, fc_channels)
+
+
 def fcn_mask_head(channels: int, num_classes: int) -> tuple[MaskRCNNHeads, MaskRCNNPredictor]:
     """mmdet's `FCNMaskHead` on 14x14 RoI maps of `channels`: four 3x3 convolutions of `channels`, a
     deconvolution, and class-specific mask logits (`num_classes` counts the background)."""
@@ -462,7 +468,7 @@ def mmdet_stages(
         CascadeStage(
             ConvFCBoxHead(channels, fc_channels=fc_channels)
             if convfc
-            else TwoMLPHead(channels * ROI_SIZE * ROI_SIZE, fc_channels),
+            else shared2fc_head(channels, fc_channels),
             BoxPredictor(fc_channels, num_classes, class_specific=convfc),
             iou,
             weights,

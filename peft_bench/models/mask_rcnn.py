@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from peft_bench.backbones.base import Backbone
@@ -25,11 +24,11 @@ from peft_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from peft_bench.engine.contract import TaskModel
 from peft_bench.errors import UserError
 from peft_bench.models.cascade import (
-    ROI_SIZE,
     CascadeRoIHeads,
     MmcvRoIAlign,
     fcn_mask_head,
     mmdet_stages,
+    shared2fc_head,
 )
 from peft_bench.models.fp32 import Float32AnchorGenerator, Float32BoxPredictor, Float32RPNHead
 from peft_bench.models.fpn import BackboneFPN, PyramidBackbone
@@ -96,7 +95,7 @@ def build_detector(
         box_detections_per_img=budget.detections,
         box_predictor=Float32BoxPredictor(head.box_fc_channels, classes),
         # built after everything else, where torchvision builds its default: the same random draws
-        box_head=TwoMLPHead(channels * ROI_SIZE * ROI_SIZE, head.box_fc_channels),
+        box_head=shared2fc_head(channels, head.box_fc_channels),
         mask_head=mask_head,
         mask_predictor=mask_predictor,
         **pools,
