@@ -636,6 +636,8 @@ def test_box_heads_are_as_wide_as_head_box_fc_channels(name: str, scenes) -> Non
         assert (stage.box_head.fc6.in_features, stage.box_head.fc6.out_features) == (16 * 7 * 7, 24)
         assert stage.box_head.fc7.out_features == stage.box_predictor.cls_score.in_features == 24
     assert torch.isfinite(model(*scenes))
+    with pytest.raises(UserError, match=r"box_fc_channels .* at least 1, got 0"):
+        _model(name, box_fc_channels=0)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -69,6 +69,11 @@ def build_detector(
             f"head.anchor_sizes needs one anchor size per FPN level, {len(ANCHOR_SIZES)} in all "
             f"(strides 4 to 64), got {list(sizes)}."
         )
+    if head.box_fc_channels < 1:
+        raise UserError(
+            f"head.box_fc_channels is the width of the box heads' FC layers and must be at least 1, got "
+            f"{head.box_fc_channels}; mmdet's is 1024 (the default), the embedded instance task's 256."
+        )
     anchors = Float32AnchorGenerator(tuple((s,) for s in sizes), (ASPECT_RATIOS,) * len(sizes))
     channels, classes = head.fpn_channels, num_classes + 1  # torchvision counts the background
     mask_head, mask_predictor = fcn_mask_head(channels, classes)
